@@ -1,0 +1,3 @@
+from tvaccine.cli import main
+
+raise SystemExit(main())

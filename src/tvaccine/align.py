@@ -1,0 +1,114 @@
+"""Run one alignment: model + LoRA, data, the method's Trainer; save adapter, settings, log and model card."""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+
+from tvaccine import CITATION
+from tvaccine.errors import UserError
+from tvaccine.io import atomic_write_json, atomic_write_text, package_versions
+
+ADAPTER_FILE = "adapter_model.safetensors"
+SETTINGS_FILE = "tvaccine_config.json"
+
+
+def is_finished(output: str | Path) -> bool:
+    output = Path(output)
+    return (output / ADAPTER_FILE).exists() and (output / SETTINGS_FILE).exists()
+
+
+def encode_file(tokenizer, path, max_length: int, limit: int | None = None, what: str = "data"):
+    from tvaccine.data.files import load_instruction_file
+    from tvaccine.data.tokenize import encode_rows
+
+    rows = load_instruction_file(path)
+    if limit is not None:
+        rows = rows[:limit]
+    enc = encode_rows(tokenizer, rows, max_length)
+    if enc.dropped:
+        print(f"{what}: dropped {enc.dropped} of {len(rows)} rows with no answer token left within "
+              f"max_length {max_length}")
+    if not enc.rows:
+        raise UserError(f"{path}: no usable rows (every answer is cut off by max_length {max_length})")
+    return enc.rows
+
+
+def align(method: str, model: str, data: str, output: str, config, probe_data: str | None = None,
+          dtype: str | None = None, model_obj=None, tokenizer=None) -> dict:
+    """Align ``model`` with ``method`` on ``data``; returns the summary written to ``output/train_results.json``.
+
+    A rerun of an interrupted alignment resumes from the last Trainer checkpoint in ``output/checkpoints``.
+    """
+    from transformers.trainer_utils import get_last_checkpoint
+
+    from tvaccine.data.tokenize import CausalCollator
+    from tvaccine.lora import add_lora
+    from tvaccine.methods import METHODS
+    from tvaccine.models import load_model, load_tokenizer
+
+    _, trainer_cls = METHODS[method]
+    output = Path(output)
+    config.output_dir = str(output / "checkpoints")
+    tokenizer = tokenizer or load_tokenizer(model)
+    base = model_obj if model_obj is not None else load_model(model, dtype)
+    train_rows = encode_file(tokenizer, data, config.max_length, what="alignment data")
+    kwargs = {}
+    if getattr(config, "layer_sampling", "uniform") != "uniform":
+        if not probe_data:
+            raise UserError(f"--probe-data: {method} needs a harmful probe file (harmful prompt → harmful answer)")
+        kwargs["probe_dataset"] = encode_file(tokenizer, probe_data, config.max_length,
+                                              limit=config.num_probe_samples, what="probe data")
+    peft_model = add_lora(base, config.lora_r, config.lora_alpha, config.lora_dropout, config.lora_target_modules)
+    trainer = trainer_cls(model=peft_model, args=config, train_dataset=train_rows,
+                          data_collator=CausalCollator(tokenizer.pad_token_id), **kwargs)
+    last = get_last_checkpoint(config.output_dir) if Path(config.output_dir).is_dir() else None
+    if last:
+        print(f"resuming from {last}")
+    start = time.perf_counter()
+    result = trainer.train(resume_from_checkpoint=last)
+    wall = time.perf_counter() - start
+
+    peft_model.save_pretrained(output, safe_serialization=True)
+    settings = {"method": method, "model": str(model), "data": str(data), "probe_data": probe_data,
+                "config": json.loads(config.to_json_string())}
+    summary = {"method": method, "steps": result.global_step, "train_loss": result.training_loss,
+               "wall_s": wall, "s_per_step": wall / max(result.global_step, 1),
+               "train_rows": len(train_rows), "versions": package_versions()}
+    atomic_write_json(output / "log_history.json", trainer.state.log_history)
+    atomic_write_json(output / "train_results.json", summary)
+    atomic_write_text(output / "README.md", model_card(method, model, config))
+    atomic_write_json(output / SETTINGS_FILE, settings)  # written last: its presence marks a finished run
+    return summary
+
+
+def model_card(method: str, model: str, config) -> str:
+    own = {k: getattr(config, k) for k in type(config).own_fields()}
+    core = {k: getattr(config, k) for k in ("learning_rate", "num_train_epochs", "max_steps",
+                                            "per_device_train_batch_size", "gradient_accumulation_steps",
+                                            "weight_decay", "lr_scheduler_type", "warmup_steps", "seed")}
+    lines = "\n".join(f"| `{k}` | `{v}` |" for k, v in {**core, **own}.items())
+    return f"""---
+library_name: peft
+base_model: {model}
+tags: [tvaccine, {method}, safety-alignment, lora]
+---
+# {method} alignment adapter for `{model}`
+
+A LoRA adapter trained by [tvaccine](https://github.com/) with the **{method}** method: safety alignment on
+harmful prompt → refusal data, meant to keep a model safe when a user later fine-tunes it on partly harmful data.
+Load it with `PeftModel.from_pretrained(base_model, this_folder)`.
+
+## Settings
+
+| setting | value |
+|---|---|
+{lines}
+
+## Citation
+
+```bibtex
+{CITATION}
+```
+"""

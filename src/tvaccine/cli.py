@@ -1,0 +1,45 @@
+"""The ``tvaccine`` command. Each sub-command lives in ``tvaccine.commands.<name>`` with ``register`` and ``run``.
+
+Heavy imports (torch, transformers) happen inside ``run`` so that ``tvaccine --help`` answers at once.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+
+from tvaccine import __version__
+from tvaccine.errors import UserError
+
+COMMANDS = ["align"]
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="tvaccine", description="Safety alignment against harmful fine-tuning: align, attack, evaluate."
+    )
+    parser.add_argument("--version", action="version", version=f"tvaccine {__version__}")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    for name in COMMANDS:
+        importlib.import_module(f"tvaccine.commands.{name}").register(sub)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args, extra = parser.parse_known_args(argv)
+    if extra and not getattr(args, "accepts_overrides", False):
+        parser.error(f"unrecognized arguments: {' '.join(extra)}")
+    try:
+        return int(args.run(args, extra) or 0)
+    except UserError as err:
+        print(f"tvaccine: error: {err}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("tvaccine: interrupted; rerun the same command to resume", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

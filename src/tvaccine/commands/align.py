@@ -1,0 +1,57 @@
+"""``tvaccine align``: safety alignment with SFT, Vaccine or T-Vaccine."""
+
+from __future__ import annotations
+
+import argparse
+
+from tvaccine.errors import UserError
+
+
+def register(sub) -> None:
+    from tvaccine.methods import METHODS
+
+    p = sub.add_parser(
+        "align", help="align a model (LoRA) with a safety method",
+        description="Align a model with SFT, Vaccine or T-Vaccine. Any setting of the method's config can be "
+                    "given as --name value after the options below (e.g. --rho 3 --max-steps 10).",
+    )
+    p.add_argument("--method", required=True, choices=sorted(METHODS))
+    p.add_argument("--model", required=True, help="hub id, local folder, or smollm2-135m (embedded, offline)")
+    p.add_argument("--data", required=True, help="alignment file (JSON/JSONL rows of instruction, input, output)")
+    p.add_argument("--probe-data", help="harmful probe file for T-Vaccine's layer importance (same format)")
+    p.add_argument("--output", required=True, help="folder for the adapter, settings and model card")
+    p.add_argument("--config", help="YAML recipe (e.g. configs/tvaccine.yaml); --name value overrides it")
+    p.add_argument("--dtype", default=None, help="model weights dtype: auto, float32, bfloat16, float16")
+    p.add_argument("--overwrite", action="store_true", help="train again even if OUTPUT holds a finished run")
+    p.set_defaults(run=run, accepts_overrides=True)
+
+
+def resolve_config(method: str, recipe: str | None, extra: list[str]):
+    from tvaccine.methods import METHODS
+    from tvaccine.settings import build_config, parse_overrides, read_yaml
+
+    recipe_settings = read_yaml(recipe) if recipe else {}
+    recipe_method = recipe_settings.pop("method", method)
+    if recipe_method != method:
+        raise UserError(f"{recipe}: recipe is for method '{recipe_method}', not '{method}'")
+    cls = METHODS[method][0]
+    return build_config(cls, recipe_settings, parse_overrides(extra), where=[recipe or "recipe", "command line"])
+
+
+def run(args: argparse.Namespace, extra: list[str]) -> int:
+    from tvaccine.align import align, is_finished
+
+    config = resolve_config(args.method, args.config, extra)
+    if is_finished(args.output) and not args.overwrite:
+        print(f"{args.output} already holds a finished alignment; pass --overwrite to train again")
+        return 0
+    if args.overwrite:
+        import shutil
+        from pathlib import Path
+
+        shutil.rmtree(Path(args.output) / "checkpoints", ignore_errors=True)
+    summary = align(args.method, args.model, args.data, args.output, config, probe_data=args.probe_data,
+                    dtype=args.dtype)
+    print(f"{args.method}: {summary['steps']} steps, {summary['s_per_step']:.2f} s/step, "
+          f"loss {summary['train_loss']:.4f}; adapter saved to {args.output}")
+    return 0

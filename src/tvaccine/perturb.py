@@ -1,0 +1,84 @@
+"""Capture attention outputs, compute the worst-case perturbation, and inject it, with scoped forward hooks.
+
+Every hook returns a new output instead of writing through ``.data``, and every context manager removes its hooks
+on exit, also when the body raises. The injection must stay active until backward has finished: layers run under
+activation checkpointing are recomputed in backward and their hooks fire again.
+"""
+
+from __future__ import annotations
+
+from contextlib import contextmanager
+from typing import Iterator, Sequence
+
+import torch
+from torch import nn
+
+
+def _first(output):
+    return output[0] if isinstance(output, tuple) else output
+
+
+def _with_first(output, first):
+    return (first, *output[1:]) if isinstance(output, tuple) else first
+
+
+@contextmanager
+def _hooks(modules: Sequence[nn.Module], make_hook) -> Iterator[None]:
+    handles = []
+    try:
+        for i, module in enumerate(modules):
+            handles.append(module.register_forward_hook(make_hook(i)))
+        yield
+    finally:
+        for h in handles:
+            h.remove()
+
+
+@contextmanager
+def capture_outputs(modules: Sequence[nn.Module]) -> Iterator[list]:
+    """Yield a list that holds, after a forward, each module's (first) output.
+
+    An output that is not part of a graph (its layer and everything below are frozen) is replaced by a leaf that
+    requires grad, so ∂L/∂a is defined for it too; downstream values, and so the loss, are unchanged.
+    Copy the list before calling ``autograd.grad`` if a captured module can be recomputed in backward.
+    """
+    store: list = [None] * len(modules)
+
+    def make_hook(i):
+        def hook(module, args, output):
+            a = _first(output)
+            if not a.requires_grad and torch.is_grad_enabled():
+                a = a.detach().requires_grad_(True)
+                output = _with_first(output, a)
+            store[i] = a
+            return output
+
+        return hook
+
+    with _hooks(modules, make_hook):
+        yield store
+
+
+@contextmanager
+def add_to_outputs(modules: Sequence[nn.Module], deltas: Sequence[torch.Tensor]) -> Iterator[None]:
+    """Add a constant ``deltas[i]`` to the (first) output of ``modules[i]`` on every forward in scope."""
+    if len(modules) != len(deltas):
+        raise ValueError(f"{len(modules)} modules but {len(deltas)} perturbations")
+
+    def make_hook(i):
+        def hook(module, args, output):
+            a = _first(output)
+            return _with_first(output, a + deltas[i].to(a.dtype))
+
+        return hook
+
+    with _hooks(modules, make_hook):
+        yield
+
+
+def worst_case_perturbation(grads: Sequence[torch.Tensor], rho: float, eps: float = 1e-7) -> list[torch.Tensor]:
+    """ε_l = ρ · g_l / (‖(g_l)_l‖₂ + 1e-7): one joint norm over all perturbed layers (Vaccine, Eq. 4)."""
+    grads = [g.detach() for g in grads]
+    joint = torch.linalg.vector_norm(torch.stack([g.float().norm(2) for g in grads]), 2)
+    scale = rho / (joint + eps)
+    return [(g.float() * scale).to(g.dtype) for g in grads]
