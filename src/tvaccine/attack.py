@@ -67,7 +67,7 @@ def build_attack_rows(output: Path, config: AttackConfig, task: str | None, data
         return load_instruction_file(data), {"data": str(data), "sha256": file_sha256(data)}
     if task is None:
         raise UserError("--task: name the task (sst2, agnews, gsm8k) or pass a ready attack set with --data")
-    from tvaccine.commands.data import write_checked
+    from tvaccine.commands.data import summary, write_checked
     from tvaccine.data.sets import attack_set, manifest_path
     from tvaccine.data.sources import load_source
     from tvaccine.data.tasks import get_task
@@ -78,8 +78,7 @@ def build_attack_rows(output: Path, config: AttackConfig, task: str | None, data
                          config.poison_ratio, config.sample_num, config.seed)
     others = list(disjoint_from) + aligned_data_files(aligned)
     manifest = write_checked(dataset, str(output / ATTACK_SET_FILE), others, strict_disjoint)
-    counts = ", ".join(f"{v} {k}" for k, v in manifest["counts"].items())
-    print(f"attack set: {manifest['rows']} rows ({counts}); manifest {manifest_path(output / ATTACK_SET_FILE)}")
+    print(summary(str(output / ATTACK_SET_FILE), manifest))
     return dataset.records, {"data": str(output / ATTACK_SET_FILE), "sha256": manifest["sha256"],
                              "manifest": str(manifest_path(output / ATTACK_SET_FILE))}
 

@@ -102,14 +102,18 @@ def write_checked(dataset, output: str, others: list[str], strict: bool) -> dict
     return dataset.write(output)
 
 
-def _summary(path: str, manifest: dict) -> str:
-    counts = ", ".join(f"{v} {k}" for k, v in manifest["counts"].items())
-    return f"{manifest['set']}: {manifest['rows']} rows ({counts}) → {path} (+ .manifest.json)"
+def summary(path: str, manifest: dict) -> str:
+    counts = dict(manifest["counts"])
+    written = counts.pop("written_refusals", 0)
+    text = ", ".join(f"{v} {k}" for k, v in counts.items())
+    if written:
+        text += f"; {written} refusals by the refusal writer"
+    return f"{manifest['set']}: {manifest['rows']} rows ({text}) → {path} (+ .manifest.json)"
 
 
 def run_set(args: argparse.Namespace, extra) -> int:
     manifest = write_checked(build_set(args), args.output, args.disjoint_from, args.strict_disjoint)
-    print(_summary(args.output, manifest))
+    print(summary(args.output, manifest))
     return 0
 
 
@@ -129,7 +133,7 @@ def run_build(args: argparse.Namespace, extra) -> int:
              for ref, limit, path, name in outputs]  # read every source before writing anything
     for dataset, path in built:
         skipped = dataset.sources[0][0].counts.get("skipped", 0)
-        print(_summary(path, dataset.write(path)) + (f"; skipped {skipped} non-task rows" if skipped else ""))
+        print(summary(path, dataset.write(path)) + (f"; skipped {skipped} non-task rows" if skipped else ""))
     return 0
 
 

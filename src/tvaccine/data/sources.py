@@ -66,6 +66,9 @@ def is_local(ref: str) -> bool:
 
 
 def parse_ref(ref: str, split: str | None = None) -> tuple[str, str | None]:
+    head, sep, tail = ref.rpartition(":")
+    if sep and not os.path.exists(ref) and os.path.exists(head):
+        raise UserError(f"{head}: a local file has no splits (got split '{tail}')")
     if is_local(ref):
         if split:
             raise UserError(f"{ref}: a local file has no splits (got split '{split}')")
