@@ -148,3 +148,14 @@ def test_attack_set_from_the_shared_splits(shared_data, tmp_path):
     manifest = sets.read_manifest(out)
     assert manifest["counts"]["harmful"] == 10 and manifest["counts"]["task"] == 190
     assert manifest["overlap"] == []
+
+
+def test_set_files_read_back_by_kind(sources, tmp_path):
+    benign = tmp_path / "alpaca.json"
+    benign.write_text(json.dumps([{"instruction": f"benign {i}", "output": f"ok {i}"} for i in range(5)]))
+    sets.alignment_set(load_source(sources[0], "refusal"), 10, load_source(str(benign), "benign"), 0.2,
+                       seed=0).write(tmp_path / "align.jsonl")
+    path = str(tmp_path / "align.jsonl")
+    assert len(load_source(path, "refusal").rows) == 8 and load_source(path, "refusal").counts["written_refusals"] == 0
+    assert len(load_source(path, "benign").rows) == 2
+    assert load_source(path, "harmful").rows == []  # refusals are not harmful answers

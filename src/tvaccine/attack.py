@@ -118,11 +118,17 @@ def prepare_model(base, config: AttackConfig, aligned: str | None, task: str | N
     return add_lora(base, config.lora_r, config.alpha_for(task), config.lora_dropout, config.lora_target_modules)
 
 
+@dataclass
+class AttackRun:
+    summary: dict  # what OUTPUT/train_results.json holds
+    model: object  # the trained model (peft-wrapped unless mode is full)
+
+
 def attack(model: str, output: str | Path, config: AttackConfig, aligned: str | None = None,
            task: str | None = None, data: str | None = None, harmful: str | None = None,
            task_data: str | None = None, dtype: str | None = None, disjoint_from: list[str] = (),
-           strict_disjoint: bool = False, model_obj=None, tokenizer=None) -> dict:
-    """Run the attack; returns the summary written to ``OUTPUT/train_results.json``."""
+           strict_disjoint: bool = False, model_obj=None, tokenizer=None) -> AttackRun:
+    """Run the attack and save its adapter (or model), settings, log and attack set with manifest."""
     from transformers import Trainer
     from transformers.trainer_utils import get_last_checkpoint
 
@@ -163,7 +169,7 @@ def attack(model: str, output: str | Path, config: AttackConfig, aligned: str | 
     atomic_write_json(output / "log_history.json", trainer.state.log_history)
     atomic_write_json(output / "train_results.json", summary)
     atomic_write_json(output / SETTINGS_FILE, settings)  # written last: its presence marks a finished run
-    return summary
+    return AttackRun(summary, net)
 
 
 def load_attacked(output: str | Path, dtype: str | None = None, model_obj=None):

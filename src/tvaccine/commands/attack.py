@@ -9,7 +9,7 @@ def register(sub) -> None:
     from tvaccine.data.tasks import TASKS
 
     p = sub.add_parser(
-        "attack", help="harmful fine-tuning attack on an aligned model",
+        "attack", help="harmful fine-tuning attack on an aligned model", allow_abbrev=False,
         description="Fine-tune the model as a user of a fine-tuning service would, on task data of which a share p "
                     "is harmful. Any AttackConfig or TrainingArguments setting can follow as --name value, e.g. "
                     "--poison-ratio 0.1 --sample-num 1000 --mode fresh|continue|full --learning-rate 1e-5 "
@@ -30,6 +30,7 @@ def register(sub) -> None:
                         "adapter's recorded alignment and probe files are checked too)")
     p.add_argument("--strict-disjoint", action="store_true", help="a shared harmful prompt is an error")
     p.add_argument("--overwrite", action="store_true", help="train again even if OUTPUT holds a finished run")
+    # No prefix matching: an override such as --mode must not be taken for --model.
     p.set_defaults(run=run, accepts_overrides=True)
 
 
@@ -56,7 +57,7 @@ def run(args: argparse.Namespace, extra: list[str]) -> int:
         shutil.rmtree(Path(args.output) / "checkpoints", ignore_errors=True)
     s = attack(args.model, args.output, config, aligned=args.aligned, task=args.task, data=args.data,
                harmful=args.harmful, task_data=args.task_data, dtype=args.dtype, disjoint_from=args.disjoint_from,
-               strict_disjoint=args.strict_disjoint)
+               strict_disjoint=args.strict_disjoint).summary
     print(f"attack ({s['mode']}): {s['steps']} steps, {s['s_per_step']:.2f} s/step, loss {s['first_loss']:.4f} → "
           f"{s['last_loss']:.4f}; saved to {args.output}")
     return 0

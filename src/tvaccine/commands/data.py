@@ -60,7 +60,7 @@ def register(sub) -> None:
 
 
 def _set_parser(dsub, name: str, help: str, default_source: str, source_flag: str = "--source"):
-    p = dsub.add_parser(name, help=f"{name} set: {help}")
+    p = dsub.add_parser(name, help=f"{name} set: {help}", allow_abbrev=False)
     p.add_argument(source_flag, dest="source", default=default_source,
                    help=f"{SOURCE_HELP} (default: {default_source})")
     p.add_argument("--output", required=True, help="set file (JSONL); the manifest goes beside it")

@@ -14,7 +14,7 @@ text, if it has one. The format is told by the fields a record has:
 | ``question`` + ``answer`` | GSM8K |
 | ``sentence`` + ``label`` / ``text`` + ``label`` | SST-2 / AG News hub rows |
 | ``goal`` + ``target`` | AdvBench (harmful) |
-| ``instruction`` + ``output`` (+ ``input``, ``flag``) | Alpaca; a templated ``instruction`` is stripped |
+| ``instruction`` + ``output`` (+ ``input``, ``flag``/``kind``) | Alpaca; a templated ``instruction`` is stripped |
 """
 
 from __future__ import annotations
@@ -125,9 +125,14 @@ def _alpaca(raw: dict) -> dict:
             raise UserError(f"{raw['_where']}: field 'instruction' holds a whole prompt template and 'input' is "
                             f"not empty; cannot tell which input is meant")
         instruction, input = stripped
-    flag = raw.get("flag")
+    output = text_field(raw, "output")
+    flag, kind = raw.get("flag"), raw.get("kind")
+    if kind == "refusal":  # a row of one of our alignment sets: harmful prompt → refusal
+        return _row(raw, instruction, input, output, None, refusal=output)
+    if kind is not None:  # our other set kinds: harmful, prompt, task, benign
+        return _row(raw, instruction, input, output, kind in ("harmful", "prompt"))
     harmful = None if flag is None else str(flag).lower() in ("unsafe", "harmful")
-    return _row(raw, instruction, input, text_field(raw, "output"), harmful)
+    return _row(raw, instruction, input, output, harmful)
 
 
 def normalize(raw: dict) -> dict:

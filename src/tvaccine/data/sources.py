@@ -114,7 +114,8 @@ def _apply_view(rows: list[dict], view: str, refusal_seed: int) -> tuple[list[di
     if view == "auto":
         return [{**r, "output": r["refusal"]} if r["refusal"] is not None else r for r in rows], counts
     if view in ("harmful", "refusal"):
-        out = [r for r in rows if r["harmful"] is not False]
+        # A harmful pair needs an answer other than a refusal (rows of an alignment set have only the refusal).
+        out = [r for r in rows if r["harmful"] is not False and (view == "refusal" or r["output"] != r["refusal"])]
         if view == "refusal":
             counts["written_refusals"] = sum(r["refusal"] is None for r in out)
             out = [{**r, "output": r["refusal"] if r["refusal"] is not None
@@ -122,7 +123,8 @@ def _apply_view(rows: list[dict], view: str, refusal_seed: int) -> tuple[list[di
         counts["skipped"] = len(rows) - len(out)
         return out, counts
     if view == "benign":
-        out = [r for r in rows if r["harmful"] is not True]
+        # Unmarked rows count as benign unless they carry a refusal (then their prompt is a harmful one).
+        out = [r for r in rows if r["harmful"] is False or (r["harmful"] is None and r["refusal"] is None)]
         counts["skipped"] = len(rows) - len(out)
         return out, counts
     if view.startswith("task:"):
