@@ -63,14 +63,18 @@ def build_attack_rows(output: Path, config: AttackConfig, task: str | None, data
     """The attack rows and a description of where they came from; a built set is written with its manifest."""
     from tvaccine.data.files import file_sha256, load_instruction_file
 
-    if data:
-        return load_instruction_file(data), {"data": str(data), "sha256": file_sha256(data)}
-    if task is None:
-        raise UserError("--task: name the task (sst2, agnews, gsm8k) or pass a ready attack set with --data")
-    from tvaccine.commands.data import summary, write_checked
-    from tvaccine.data.sets import attack_set, manifest_path
+    from tvaccine.data.overlap import write_checked
+    from tvaccine.data.sets import attack_set, manifest_path, manifest_summary
     from tvaccine.data.sources import load_source
     from tvaccine.data.tasks import get_task
+
+    if data:
+        info = {"data": str(data), "sha256": file_sha256(data)}
+        if manifest_path(data).is_file():  # a set written by `tvaccine data attack`
+            info["manifest"] = str(manifest_path(data))
+        return load_instruction_file(data), info
+    if task is None:
+        raise UserError("--task: name the task (sst2, agnews, gsm8k) or pass a ready attack set with --data")
 
     spec = get_task(task)
     dataset = attack_set(load_source(harmful or BEAVERTAILS_TRAIN, "harmful"),
@@ -78,7 +82,7 @@ def build_attack_rows(output: Path, config: AttackConfig, task: str | None, data
                          config.poison_ratio, config.sample_num, config.seed)
     others = list(disjoint_from) + aligned_data_files(aligned)
     manifest = write_checked(dataset, str(output / ATTACK_SET_FILE), others, strict_disjoint)
-    print(summary(str(output / ATTACK_SET_FILE), manifest))
+    print(manifest_summary(output / ATTACK_SET_FILE, manifest))
     return dataset.records, {"data": str(output / ATTACK_SET_FILE), "sha256": manifest["sha256"],
                              "manifest": str(manifest_path(output / ATTACK_SET_FILE))}
 

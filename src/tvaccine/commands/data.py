@@ -91,34 +91,18 @@ def build_set(args: argparse.Namespace):
     return sets.eval_set(load_source(args.source, "harmful"), args.num_prompts)
 
 
-def write_checked(dataset, output: str, others: list[str], strict: bool) -> dict:
-    """Check the set's harmful prompts against ``others``, then write it (an error writes nothing)."""
-    from tvaccine.data.overlap import check_disjoint, file_prompts, harmful_prompts
-
-    if others:
-        named = {dataset.name: harmful_prompts(dataset.records)}
-        named.update({str(f): file_prompts(f) for f in others})
-        dataset.overlap = check_disjoint(named, strict)
-    return dataset.write(output)
-
-
-def summary(path: str, manifest: dict) -> str:
-    counts = dict(manifest["counts"])
-    written = counts.pop("written_refusals", 0)
-    text = ", ".join(f"{v} {k}" for k, v in counts.items())
-    if written:
-        text += f"; {written} refusals by the refusal writer"
-    return f"{manifest['set']}: {manifest['rows']} rows ({text}) → {path} (+ .manifest.json)"
-
-
 def run_set(args: argparse.Namespace, extra) -> int:
+    from tvaccine.data.overlap import write_checked
+    from tvaccine.data.sets import manifest_summary
+
     manifest = write_checked(build_set(args), args.output, args.disjoint_from, args.strict_disjoint)
-    print(summary(args.output, manifest))
+    print(manifest_summary(args.output, manifest))
     return 0
 
 
 def run_build(args: argparse.Namespace, extra) -> int:
     from tvaccine.data import sets
+    from tvaccine.data.sets import manifest_summary
     from tvaccine.data.sources import load_source
     from tvaccine.data.tasks import TASKS
 
@@ -133,7 +117,7 @@ def run_build(args: argparse.Namespace, extra) -> int:
              for ref, limit, path, name in outputs]  # read every source before writing anything
     for dataset, path in built:
         skipped = dataset.sources[0][0].counts.get("skipped", 0)
-        print(summary(path, dataset.write(path)) + (f"; skipped {skipped} non-task rows" if skipped else ""))
+        print(manifest_summary(path, dataset.write(path)) + (f"; skipped {skipped} non-task rows" if skipped else ""))
     return 0
 
 

@@ -57,3 +57,12 @@ def check_disjoint(named: dict[str, set[str]], strict: bool = False, echo=print)
     if not report and len(named) > 1:
         echo(f"overlap: none among {', '.join(named)}")
     return report
+
+
+def write_checked(dataset, output: str | Path, others: list[str], strict: bool = False) -> dict:
+    """Check the set's harmful prompts against the ``others`` files, then write it (an error writes nothing)."""
+    if others:
+        named = {dataset.name: harmful_prompts(dataset.records)}
+        named.update({str(f): file_prompts(f) for f in others})
+        dataset.overlap = check_disjoint(named, strict)
+    return dataset.write(output)

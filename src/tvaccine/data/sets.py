@@ -204,3 +204,13 @@ def verify(path: str | Path) -> dict:
     rebuilt = hashlib.sha256(_jsonl_text(rebuild(manifest).records).encode("utf-8")).hexdigest()
     return {"file": str(path), "manifest_sha256": manifest["sha256"], "file_matches": on_disk == manifest["sha256"],
             "rebuild_matches": rebuilt == manifest["sha256"]}
+
+
+def manifest_summary(path: str | Path, manifest: dict) -> str:
+    """One line for the terminal: rows per kind, refusals written, where the file went."""
+    counts = dict(manifest["counts"])
+    written = counts.pop("written_refusals", 0)
+    text = ", ".join(f"{v} {k}" for k, v in counts.items())
+    if written:
+        text += f"; {written} refusals by the refusal writer"
+    return f"{manifest['set']}: {manifest['rows']} rows ({text}) → {path} (+ .manifest.json)"
