@@ -172,3 +172,30 @@ def test_decoding_trust_files(shared_data):
     refusals = load_source(str(shared_data / "decoding_trust/decoding_trust_with_refusals_train.json"), "refusal")
     assert len(refusals.rows) == 107 and refusals.counts["written_refusals"] == 0
     assert not any(r["output"].startswith(("Prompt:", "Continuation:")) for r in refusals.rows)
+
+
+def test_hub_path_reads_a_split_and_names_unknown_splits(monkeypatch, tmp_path):
+    """The hub code path, with ``datasets.load_dataset`` replaced by a local stand-in (no network here)."""
+    import datasets
+
+    calls = []
+
+    def fake_load_dataset(hub_id, config=None, split=None):
+        calls.append((hub_id, config, split))
+        if split != "30k_test":
+            raise ValueError(f'Unknown split "{split}". Should be one of [\'30k_train\', \'30k_test\'].')
+        return datasets.Dataset.from_list([
+            {"prompt": "p0", "response": "r0", "category": {"a": True}, "is_safe": False},
+            {"prompt": "p1", "response": "r1", "category": {"a": False}, "is_safe": True}])
+
+    monkeypatch.setattr("tvaccine.models._hub_reachable", lambda timeout=3.0: True)
+    monkeypatch.setattr(datasets, "load_dataset", fake_load_dataset)
+    src = load_source("PKU-Alignment/BeaverTails:30k_test", "harmful")
+    assert [r["instruction"] for r in src.rows] == ["p0"] and src.rows[0]["_where"].endswith("[30k_test] row 0")
+    assert src.describe()["fingerprint"] and src.split == "30k_test"
+    load_source("openai/gsm8k:30k_test")  # a task's hub id gets the task's config
+    assert calls[-1] == ("openai/gsm8k", "main", "30k_test")
+    with pytest.raises(UserError, match="PKU-Alignment/BeaverTails: unknown split '30k_dev'"):
+        load_source("PKU-Alignment/BeaverTails:30k_dev")
+    with pytest.raises(UserError, match="unknown split '30k_train'"):  # the default split of BeaverTails
+        load_source("PKU-Alignment/BeaverTails")
