@@ -170,3 +170,16 @@ def test_cli_builds_the_set_resumes_and_reports_errors(tiny_model_dir, tmp_path,
     assert "mode: must be one of" in capsys.readouterr().err
     assert main(["attack", "--model", str(tiny_model_dir), "--output", str(tmp_path / "o4")]) == 2
     assert "--task: name the task" in capsys.readouterr().err
+
+
+def test_recipe_holds_the_paper_settings_and_overrides_win():
+    from pathlib import Path
+
+    from tvaccine.commands.attack import resolve_config
+
+    recipe = Path(__file__).resolve().parents[1] / "configs" / "attack.yaml"
+    cfg = resolve_config(str(recipe), ["--learning-rate", "1e-4", "--mode", "full"])
+    assert (cfg.learning_rate, cfg.mode, cfg.num_train_epochs, cfg.poison_ratio, cfg.sample_num) == (
+        1e-4, "full", 20, 0.1, 1000)
+    with pytest.raises(UserError, match="unknown setting 'poison_rate' \\(did you mean 'poison_ratio'\\?\\)"):
+        resolve_config(str(recipe), ["--poison-rate", "0.2"])
