@@ -12,6 +12,13 @@ LLAMA_TARGETS = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj",
 SHARED_DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
 
 
+@pytest.fixture
+def shared_data() -> Path:
+    if not SHARED_DATA.is_dir():
+        pytest.skip(f"{SHARED_DATA} not present")
+    return SHARED_DATA
+
+
 def tiny_llama(num_layers: int = 6, vocab: int = 128, hidden: int = 32, seed: int = 0):
     from transformers import LlamaConfig, LlamaForCausalLM
 

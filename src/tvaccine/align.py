@@ -21,18 +21,12 @@ def is_finished(output: str | Path) -> bool:
 
 def encode_file(tokenizer, path, max_length: int, limit: int | None = None, what: str = "data"):
     from tvaccine.data.files import load_instruction_file
-    from tvaccine.data.tokenize import encode_rows
+    from tvaccine.data.tokenize import encode_for_training
 
     rows = load_instruction_file(path)
     if limit is not None:
         rows = rows[:limit]
-    enc = encode_rows(tokenizer, rows, max_length)
-    if enc.dropped:
-        print(f"{what}: dropped {enc.dropped} of {len(rows)} rows with no answer token left within "
-              f"max_length {max_length}")
-    if not enc.rows:
-        raise UserError(f"{path}: no usable rows (every answer is cut off by max_length {max_length})")
-    return enc.rows
+    return encode_for_training(tokenizer, rows, max_length, what, str(path)).rows
 
 
 def align(method: str, model: str, data: str, output: str, config, probe_data: str | None = None,

@@ -50,6 +50,11 @@ def parse_overrides(tokens: list[str]) -> dict[str, Any]:
             out[key] = yaml.safe_load(value)
         except yaml.YAMLError:
             out[key] = value
+        if isinstance(out[key], str):
+            try:  # YAML 1.1 reads "1e-3" (no dot) as a string; a number is meant
+                out[key] = float(out[key])
+            except ValueError:
+                pass
         i += 1
     return out
 

@@ -12,6 +12,7 @@ from typing import Iterable, Sequence
 import torch
 
 from tvaccine.data.template import format_prompt
+from tvaccine.errors import UserError
 
 IGNORE_INDEX = -100
 
@@ -43,6 +44,17 @@ def encode_rows(tokenizer, rows: Iterable[dict], max_length: int) -> Encoded:
         else:
             out.append(enc)
     return Encoded(out, dropped)
+
+
+def encode_for_training(tokenizer, rows: list[dict], max_length: int, what: str, where: str) -> Encoded:
+    """``encode_rows`` that reports the dropped rows and refuses a set with none left."""
+    enc = encode_rows(tokenizer, rows, max_length)
+    if enc.dropped:
+        print(f"{what}: dropped {enc.dropped} of {len(rows)} rows with no answer token left within "
+              f"max_length {max_length}")
+    if not enc.rows:
+        raise UserError(f"{where}: no usable rows (every answer is cut off by max_length {max_length})")
+    return enc
 
 
 @dataclass

@@ -12,11 +12,11 @@ LORA_TARGETS = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", 
 
 
 @dataclass
-class AlignmentConfig(TrainingArguments):
-    """Alignment defaults from T-Vaccine §5.1 (LoRA r 8 on q,k,v,o,gate,up,down; AdamW lr 1e-3, weight decay 0.1,
-    cosine schedule, warm-up 0.1, 20 epochs, batch 10, max length 200)."""
+class LoraTrainingConfig(TrainingArguments):
+    """What alignment and the attack share: LoRA settings, row length, and the paper's optimiser defaults
+    (AdamW, weight decay 0.1, cosine schedule, warm-up 0.1, 20 epochs, batch 10, max length 200), validated."""
 
-    output_dir: str | None = "runs/align"
+    output_dir: str | None = "runs/train"
     learning_rate: float = 1e-3
     weight_decay: float = 0.1
     lr_scheduler_type: str = "cosine"
@@ -35,15 +35,11 @@ class AlignmentConfig(TrainingArguments):
     lora_dropout: float = field(default=0.1, metadata={"help": "LoRA dropout"})
     lora_target_modules: list[str] = field(default_factory=lambda: list(LORA_TARGETS))
     max_length: int = field(default=200, metadata={"help": "tokens per row (prompt + answer), longer rows truncated"})
-    layers_path: str | None = field(default=None, metadata={"help": "dotted path of the decoder layer list"})
-    attention_attr: str | None = field(default=None, metadata={"help": "attribute of each layer's attention"})
-
-    method = "sft"
 
     def __post_init__(self):
         super().__post_init__()
         self._check(self.lora_r >= 1, "lora_r", "must be at least 1")
-        self._check(self.lora_alpha > 0, "lora_alpha", "must be positive")
+        self._check(self.lora_alpha is None or self.lora_alpha > 0, "lora_alpha", "must be positive")
         self._check(0 <= self.lora_dropout < 1, "lora_dropout", "must be in [0, 1)")
         self._check(self.max_length >= 2, "max_length", "must be at least 2")
         self._check(self.learning_rate > 0, "learning_rate", "must be positive")
@@ -58,3 +54,15 @@ class AlignmentConfig(TrainingArguments):
         """Fields this project adds to TrainingArguments (written to the model card)."""
         base = {f.name for f in fields(TrainingArguments)}
         return [f.name for f in fields(cls) if f.name not in base]
+
+
+@dataclass
+class AlignmentConfig(LoraTrainingConfig):
+    """Alignment defaults from T-Vaccine §5.1 (LoRA r 8 on q,k,v,o,gate,up,down; AdamW lr 1e-3, weight decay 0.1,
+    cosine schedule, warm-up 0.1, 20 epochs, batch 10, max length 200)."""
+
+    output_dir: str | None = "runs/align"
+    layers_path: str | None = field(default=None, metadata={"help": "dotted path of the decoder layer list"})
+    attention_attr: str | None = field(default=None, metadata={"help": "attribute of each layer's attention"})
+
+    method = "sft"

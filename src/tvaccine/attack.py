@@ -1,0 +1,194 @@
+"""The harmful fine-tuning attack: the user's fine-tuning job on task data with a harmful fraction p of n rows.
+
+Modes (how the aligned adapter meets the attack):
+
+- ``fresh`` (the paper's protocol): merge the aligned LoRA into the base (``merge_and_unload``) and train a new
+  LoRA on top; the merged weights stay frozen;
+- ``continue``: keep training the alignment LoRA itself (Booster's protocol);
+- ``full``: merge, then train every weight.
+
+Without an aligned adapter the attack runs on the base model (the "no defense" row). A rerun resumes from the last
+Trainer checkpoint in ``OUTPUT/checkpoints``; ``tvaccine_attack.json``, written last, marks a finished run.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from tvaccine.errors import UserError
+from tvaccine.io import atomic_write_json, package_versions
+from tvaccine.methods.config import LoraTrainingConfig
+
+MODES = ("fresh", "continue", "full")
+SETTINGS_FILE = "tvaccine_attack.json"
+ATTACK_SET_FILE = "attack_set.jsonl"
+BEAVERTAILS_TRAIN = "PKU-Alignment/BeaverTails:30k_train"
+
+
+@dataclass
+class AttackConfig(LoraTrainingConfig):
+    """The authors' attack settings: LoRA r 8, alpha 1 (0.5 for GSM8K), dropout 0.1 on q,k,v,o,gate,up,down;
+    AdamW lr 1e-5, weight decay 0.1, cosine, warm-up 0.1, 20 epochs, batch 10, max length 200; p 0.1, n 1000."""
+
+    output_dir: str | None = "runs/attack"
+    learning_rate: float = 1e-5
+    lora_alpha: float | None = field(default=None, metadata={"help": "LoRA alpha; default 1, 0.5 for GSM8K"})
+    mode: str = field(default="fresh", metadata={"help": "fresh | continue | full (see tvaccine.attack)"})
+    poison_ratio: float = field(default=0.1, metadata={"help": "p: share of harmful rows in the attack set"})
+    sample_num: int = field(default=1000, metadata={"help": "n: rows in the attack set"})
+
+    def __post_init__(self):
+        super().__post_init__()
+        self._check(self.mode in MODES, "mode", f"must be one of {', '.join(MODES)}")
+        self._check(0 <= self.poison_ratio <= 1, "poison_ratio", "must be in [0, 1]")
+        self._check(self.sample_num >= 1, "sample_num", "must be at least 1")
+
+    def alpha_for(self, task: str | None) -> float:
+        """The authors use alpha 0.5 when the benign data is GSM8K and 1 otherwise."""
+        if self.lora_alpha is not None:
+            return self.lora_alpha
+        return 0.5 if task == "gsm8k" else 1.0
+
+
+def is_finished(output: str | Path) -> bool:
+    return (Path(output) / SETTINGS_FILE).exists()
+
+
+def build_attack_rows(output: Path, config: AttackConfig, task: str | None, data: str | None,
+                      harmful: str | None, task_data: str | None, aligned: str | None,
+                      disjoint_from: list[str], strict_disjoint: bool) -> tuple[list[dict], dict]:
+    """The attack rows and a description of where they came from; a built set is written with its manifest."""
+    from tvaccine.data.files import file_sha256, load_instruction_file
+
+    from tvaccine.data.overlap import write_checked
+    from tvaccine.data.sets import attack_set, manifest_path, manifest_summary
+    from tvaccine.data.sources import load_source
+    from tvaccine.data.tasks import get_task
+
+    if data:
+        info = {"data": str(data), "sha256": file_sha256(data)}
+        if manifest_path(data).is_file():  # a set written by `tvaccine data attack`
+            info["manifest"] = str(manifest_path(data))
+        return load_instruction_file(data), info
+    if task is None:
+        raise UserError("--task: name the task (sst2, agnews, gsm8k) or pass a ready attack set with --data")
+
+    spec = get_task(task)
+    dataset = attack_set(load_source(harmful or BEAVERTAILS_TRAIN, "harmful"),
+                         load_source(task_data or f"{spec.hub_id}:{spec.train_split}", f"task:{spec.name}"),
+                         config.poison_ratio, config.sample_num, config.seed)
+    others = list(disjoint_from) + aligned_data_files(aligned)
+    manifest = write_checked(dataset, str(output / ATTACK_SET_FILE), others, strict_disjoint)
+    print(manifest_summary(output / ATTACK_SET_FILE, manifest))
+    return dataset.records, {"data": str(output / ATTACK_SET_FILE), "sha256": manifest["sha256"],
+                             "manifest": str(manifest_path(output / ATTACK_SET_FILE))}
+
+
+def aligned_data_files(aligned: str | None) -> list[str]:
+    """The alignment and probe files an adapter was trained on (from its settings), where they still exist."""
+    if not aligned:
+        return []
+    settings = Path(aligned) / "tvaccine_config.json"
+    if not settings.is_file():
+        return []
+    recorded = json.loads(settings.read_text(encoding="utf-8"))
+    return [p for p in (recorded.get("data"), recorded.get("probe_data")) if p and Path(p).is_file()]
+
+
+def prepare_model(base, config: AttackConfig, aligned: str | None, task: str | None):
+    """The model the attack trains, per ``config.mode``; only the weights the mode names require grad."""
+    from transformers import set_seed
+
+    from tvaccine.lora import add_lora
+
+    if aligned:
+        from peft import PeftModel
+
+        if not (Path(aligned) / "adapter_config.json").is_file():
+            raise UserError(f"{aligned}: not an adapter folder (no adapter_config.json)")
+        if config.mode == "continue":
+            return PeftModel.from_pretrained(base, aligned, is_trainable=True)
+        base = PeftModel.from_pretrained(base, aligned).merge_and_unload()
+    elif config.mode == "continue":
+        raise UserError("--mode continue: needs an aligned adapter to keep training (--aligned ADAPTER)")
+    if config.mode == "full":
+        for p in base.parameters():
+            p.requires_grad_(True)
+        return base
+    set_seed(config.seed)  # the new LoRA's initialisation follows the seed
+    return add_lora(base, config.lora_r, config.alpha_for(task), config.lora_dropout, config.lora_target_modules)
+
+
+@dataclass
+class AttackRun:
+    summary: dict  # what OUTPUT/train_results.json holds
+    model: object  # the trained model (peft-wrapped unless mode is full)
+
+
+def attack(model: str, output: str | Path, config: AttackConfig, aligned: str | None = None,
+           task: str | None = None, data: str | None = None, harmful: str | None = None,
+           task_data: str | None = None, dtype: str | None = None, disjoint_from: list[str] = (),
+           strict_disjoint: bool = False, model_obj=None, tokenizer=None) -> AttackRun:
+    """Run the attack and save its adapter (or model), settings, log and attack set with manifest."""
+    from transformers import Trainer
+    from transformers.trainer_utils import get_last_checkpoint
+
+    from tvaccine.data.tokenize import CausalCollator, encode_for_training
+    from tvaccine.models import load_model, load_tokenizer
+
+    aligned = None if aligned in (None, "", "none") else str(aligned)
+    task = task.lower().replace("_", "") if task else None
+    output = Path(output)
+    output.mkdir(parents=True, exist_ok=True)
+    config.output_dir = str(output / "checkpoints")
+    rows, data_info = build_attack_rows(output, config, task, data, harmful, task_data, aligned,
+                                        list(disjoint_from), strict_disjoint)
+    tokenizer = tokenizer or load_tokenizer(model)
+    enc = encode_for_training(tokenizer, rows, config.max_length, "attack data", data_info["data"])
+    net = prepare_model(model_obj if model_obj is not None else load_model(model, dtype), config, aligned, task)
+    trainer = Trainer(model=net, args=config, train_dataset=enc.rows,
+                      data_collator=CausalCollator(tokenizer.pad_token_id))
+    last = get_last_checkpoint(config.output_dir) if Path(config.output_dir).is_dir() else None
+    if last:
+        print(f"resuming from {last}")
+    start = time.perf_counter()
+    result = trainer.train(resume_from_checkpoint=last)
+    wall = time.perf_counter() - start
+
+    net.save_pretrained(output, safe_serialization=True)
+    if config.mode == "full":
+        tokenizer.save_pretrained(output)  # a full model folder loads on its own
+    losses = [e["loss"] for e in trainer.state.log_history if "loss" in e]
+    summary = {"stage": "attack", "mode": config.mode, "steps": result.global_step,
+               "train_loss": result.training_loss, "first_loss": losses[0] if losses else None,
+               "last_loss": losses[-1] if losses else None, "wall_s": wall,
+               "s_per_step": wall / max(result.global_step, 1), "train_rows": len(enc.rows),
+               "dropped_rows": enc.dropped, "versions": package_versions()}
+    settings = {"stage": "attack", "mode": config.mode, "model": str(model), "aligned": aligned, "task": task,
+                **data_info, "lora_alpha": None if config.mode != "fresh" else config.alpha_for(task),
+                "config": json.loads(config.to_json_string())}
+    atomic_write_json(output / "log_history.json", trainer.state.log_history)
+    atomic_write_json(output / "train_results.json", summary)
+    atomic_write_json(output / SETTINGS_FILE, settings)  # written last: its presence marks a finished run
+    return AttackRun(summary, net)
+
+
+def load_attacked(output: str | Path, dtype: str | None = None, model_obj=None):
+    """The attacked model of a finished run: base (+ merged aligned adapter) + attack adapter, or the full model."""
+    from peft import PeftModel
+
+    from tvaccine.models import load_model
+
+    output = Path(output)
+    if not is_finished(output):
+        raise UserError(f"{output}: no finished attack ({SETTINGS_FILE} missing)")
+    settings = json.loads((output / SETTINGS_FILE).read_text(encoding="utf-8"))
+    if settings["mode"] == "full":
+        return load_model(str(output), dtype)
+    base = model_obj if model_obj is not None else load_model(settings["model"], dtype)
+    if settings["aligned"] and settings["mode"] == "fresh":
+        base = PeftModel.from_pretrained(base, settings["aligned"]).merge_and_unload()
+    return PeftModel.from_pretrained(base, str(output))
