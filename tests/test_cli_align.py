@@ -106,3 +106,14 @@ def test_malformed_alignment_file_names_the_line(tiny_model_dir, tmp_path, capsy
                "--output", str(tmp_path / "o")])
     assert rc == 2
     assert f"{bad}:2: missing field 'output'" in capsys.readouterr().err
+
+
+def test_cli_lists_every_method_and_starts_without_transformers():
+    from tvaccine.commands.align import METHOD_NAMES
+    from tvaccine.methods import METHODS
+
+    assert METHOD_NAMES == sorted(METHODS)
+    code = "import sys, tvaccine.cli as c; c.build_parser(); print('transformers' in sys.modules)"
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                          env={"PYTHONPATH": str(REPO / "src"), "PATH": "/usr/bin:/bin"})
+    assert proc.stdout.strip() == "False", proc.stderr

@@ -12,7 +12,7 @@ import sys
 from tvaccine import __version__
 from tvaccine.errors import UserError
 
-COMMANDS = ["align", "data", "attack"]
+COMMANDS = ["align", "data", "attack", "run", "demo"]
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -23,6 +23,8 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     for name in COMMANDS:
         importlib.import_module(f"tvaccine.commands.{name}").register(sub)
+    for command in sub.choices.values():  # `--mode` must never be read as an abbreviation of `--model`
+        command.allow_abbrev = False
     return parser
 
 

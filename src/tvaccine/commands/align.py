@@ -7,15 +7,17 @@ import argparse
 from tvaccine.errors import UserError
 
 
-def register(sub) -> None:
-    from tvaccine.methods import METHODS
+# The names of tvaccine.methods.METHODS, listed here so that `tvaccine --help` does not import transformers.
+METHOD_NAMES = ["sft", "tvaccine", "vaccine"]
 
+
+def register(sub) -> None:
     p = sub.add_parser(
         "align", help="align a model (LoRA) with a safety method",
         description="Align a model with SFT, Vaccine or T-Vaccine. Any setting of the method's config can be "
                     "given as --name value after the options below (e.g. --rho 3 --max-steps 10).",
     )
-    p.add_argument("--method", required=True, choices=sorted(METHODS))
+    p.add_argument("--method", required=True, choices=METHOD_NAMES)
     p.add_argument("--model", required=True, help="hub id, local folder, or smollm2-135m (embedded, offline)")
     p.add_argument("--data", required=True, help="alignment file (JSON/JSONL rows of instruction, input, output)")
     p.add_argument("--probe-data", help="harmful probe file for T-Vaccine's layer importance (same format)")
