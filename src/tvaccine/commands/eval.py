@@ -1,0 +1,74 @@
+"""``tvaccine eval``: generate answers (batched greedy, resumable), judge them, score HS / over-refusal / FA."""
+
+from __future__ import annotations
+
+import argparse
+
+
+def _csv(value: str) -> list[str]:
+    return [v.strip() for v in value.split(",") if v.strip()]
+
+
+def register(sub) -> None:
+    p = sub.add_parser(
+        "eval", help="harmful score, over-refusal and fine-tuning accuracy of a model (+ adapters)",
+        description="Generate greedy answers in the Alpaca template and score them as published (DESIGN.md §3). "
+                    "Rerunning the same command resumes from the generations already in OUTPUT.",
+    )
+    p.add_argument("--model", required=True, help="hub id, local folder, or smollm2-135m (embedded, offline)")
+    p.add_argument("--adapters", type=_csv, default=[], help="LoRA adapter folders, comma-separated, merged in order")
+    p.add_argument("--harmful-prompts", help="prompt file (JSON/JSONL/CSV) or PKU-Alignment/BeaverTails (hub)")
+    p.add_argument("--task", choices=["sst2", "agnews", "ag_news", "gsm8k"], help="fine-tuning task for FA")
+    p.add_argument("--task-data", help="task evaluation file (e.g. sst2/val.json, ag_news/test.json, gsm8k/test.json)")
+    p.add_argument("--benign-prompts", help="benign prompt file for over-refusal (e.g. alpaca/alpaca_eval.json)")
+    p.add_argument("--judge", type=_csv, default=["keyword"],
+                   help="comma-separated: keyword, classifier (proxy for beaver-dam), beaver-dam")
+    p.add_argument("--classifier", help="trained classifier folder (default: the cache folder `judge train` uses)")
+    p.add_argument("--beaver-dam", default="PKU-Alignment/beaver-dam-7b", help="beaver-dam hub id or local folder")
+    p.add_argument("--limit", type=int, help="first N prompts of each set (published: 500)")
+    p.add_argument("--max-new-tokens", type=int, default=128)
+    p.add_argument("--batch-size", type=int, default=16)
+    p.add_argument("--dtype", default=None, help="model weights dtype: auto, float32, bfloat16, float16")
+    p.add_argument("--seed", type=int, default=0, help="seed of the bootstrap intervals")
+    p.add_argument("--output", required=True, help="folder for generations_*.jsonl and results.json")
+    p.set_defaults(run=run)
+
+
+def run(args: argparse.Namespace, extra: list[str]) -> int:
+    from tvaccine.errors import UserError
+    from tvaccine.evaluation.judges import JUDGES
+    from tvaccine.evaluation.run import EvalSettings, evaluate
+
+    for name in args.judge:
+        if name not in JUDGES:
+            raise UserError(f"--judge: unknown judge '{name}' (use {', '.join(JUDGES)})")
+    for flag in ("limit", "max_new_tokens", "batch_size"):
+        value = getattr(args, flag)
+        if value is not None and value < 1:
+            raise UserError(f"--{flag.replace('_', '-')}: must be at least 1, got {value}")
+    settings = EvalSettings(
+        model=args.model, adapters=args.adapters, harmful_prompts=args.harmful_prompts,
+        task="agnews" if args.task == "ag_news" else args.task, task_data=args.task_data,
+        benign_prompts=args.benign_prompts, judges=args.judge, classifier=args.classifier,
+        beaver_dam=args.beaver_dam, limit=args.limit, max_new_tokens=args.max_new_tokens,
+        batch_size=args.batch_size, dtype=args.dtype, seed=args.seed,
+    )
+    results = evaluate(settings, args.output)
+    print(summary(results))
+    print(f"results: {args.output}/results.json")
+    return 0
+
+
+def summary(results: dict) -> str:
+    def fmt(r: dict) -> str:
+        lo, hi = r["ci95"]
+        return f"{r['value']}% [{lo}, {hi}] (n={r['n']})"
+
+    s = results["scores"]
+    lines = [f"HS ({judge}): {fmt(r)}" for judge, r in s.get("harmful_score", {}).items()]
+    if "over_refusal" in s:
+        lines.append(f"over-refusal: {fmt(s['over_refusal'])}")
+    if "fine_tune_accuracy" in s:
+        fa = s["fine_tune_accuracy"]
+        lines.append(f"FA {fa['task']}: {fmt(fa['published'])}; strict {fmt(fa['strict'])}")
+    return "\n".join(lines)

@@ -1,0 +1,94 @@
+import json
+
+import pytest
+
+from eval_helpers import tiny_llama, tokenizer
+from tvaccine.cli import main
+from tvaccine.errors import UserError
+from tvaccine.evaluation.prompts import read_prompts, read_task
+
+
+@pytest.fixture(scope="module")
+def model_dir(tmp_path_factory):
+    path = tmp_path_factory.mktemp("tiny-model")
+    tok = tokenizer()
+    tiny_llama(len(tok)).save_pretrained(path)
+    tok.save_pretrained(path)
+    return path
+
+
+def _write(path, rows):
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    return str(path)
+
+
+def test_eval_writes_results_with_everything(model_dir, tmp_path):
+    harmful = _write(tmp_path / "harmful.jsonl", [{"prompt": f"harmful request {i}"} for i in range(3)])
+    task = tmp_path / "sst2.json"
+    task.write_text(json.dumps([
+        {"instruction": "Analyze the sentiment of the input, and respond only positive or negative",
+         "input": s, "output": y} for s, y in [("great film", "positive"), ("dull", "negative")]]))
+    benign = _write(tmp_path / "benign.jsonl", [{"instruction": "Name a fruit"}, {"instruction": "Say hi"}])
+    out = tmp_path / "out"
+    args = ["eval", "--model", str(model_dir), "--harmful-prompts", harmful, "--task", "sst2", "--task-data",
+            str(task), "--benign-prompts", benign, "--judge", "keyword", "--max-new-tokens", "4",
+            "--batch-size", "2", "--output", str(out)]
+    assert main(args) == 0
+    results = json.loads((out / "results.json").read_text())
+    hs = results["scores"]["harmful_score"]["keyword"]
+    assert set(hs) >= {"value", "ci95", "n", "max_new_tokens"} and hs["n"] == 3 and hs["max_new_tokens"] == 4
+    assert results["scores"]["over_refusal"]["n"] == 2
+    fa = results["scores"]["fine_tune_accuracy"]
+    assert fa["task"] == "sst2" and fa["published"]["n"] == 2 and "ci95" in fa["strict"]
+    assert results["settings"]["n"] == {"harmful": 3, "task": 2, "benign": 2}
+    assert results["settings"]["max_new_tokens"] == 4 and results["settings"]["model"] == str(model_dir)
+    assert {"torch", "transformers", "peft", "python"} <= set(results["versions"])
+    assert results["wall_time_s"] > 0 and results["generation"]["harmful"]["tokens_per_s"] > 0
+    assert "keyword" in results["judges"]
+    for name, n in (("harmful", 3), ("task", 2), ("benign", 2)):
+        assert len((out / f"generations_{name}.jsonl").read_text().splitlines()) == n
+    judged = [json.loads(line) for line in (out / "judgements_harmful.jsonl").read_text().splitlines()]
+    assert [set(r["judges"]) for r in judged] == [{"keyword"}] * 3
+
+    assert main(args) == 0  # a rerun resumes: nothing left to generate
+    again = json.loads((out / "results.json").read_text())
+    assert all(g["generated_now"] == 0 for g in again["generation"].values())
+    assert again["scores"] == results["scores"]
+
+
+def test_bad_task_label_names_the_file(model_dir, tmp_path, capsys):
+    task = _write(tmp_path / "t.jsonl", [{"instruction": "x", "input": "y", "output": "neutral"}])
+    code = main(["eval", "--model", str(model_dir), "--task", "sst2", "--task-data", task,
+                 "--output", str(tmp_path / "o")])
+    assert code == 2 and "t.jsonl: row 0" in capsys.readouterr().err
+
+
+def test_prompt_formats(tmp_path):
+    (tmp_path / "adv.csv").write_text('goal,target\n"Do a bad thing","Sure, here is"\n')
+    (tmp_path / "sr.csv").write_text("category,source,forbidden_prompt\nx,y,Forbidden one\n")
+    chat = _write(tmp_path / "chat.jsonl", [{"conversations": [{"role": "user", "content": "Hello?"},
+                                                                {"role": "assistant", "content": "positive"}]}])
+    alp = _write(tmp_path / "a.jsonl", [{"instruction": "Do", "input": "this"}])
+    assert read_prompts(str(tmp_path / "adv.csv"))[0]["instruction"] == "Do a bad thing"
+    assert read_prompts(str(tmp_path / "sr.csv"))[0]["instruction"] == "Forbidden one"
+    assert read_prompts(chat) == [{"id": 0, "instruction": "Hello?", "input": ""}]
+    assert read_prompts(alp) == [{"id": 0, "instruction": "Do", "input": "this"}]
+    assert read_task("sst2", chat)[0]["label"] == "positive"
+    gsm = _write(tmp_path / "g.jsonl", [{"question": "1+1?", "answer": "1+1=2\n#### 2"}])
+    row = read_task("gsm8k", gsm)[0]
+    assert row["instruction"].endswith("answer the final number.\n") and row["label"].endswith("is:  2")
+    bad = _write(tmp_path / "bad.jsonl", [{"prompt": "ok"}, {"text": "no prompt"}])
+    with pytest.raises(UserError, match=r"bad.jsonl:2: no prompt"):
+        read_prompts(bad)
+    with pytest.raises(UserError, match="no prompt column"):
+        (tmp_path / "x.csv").write_text("a,b\n1,2\n")
+        read_prompts(str(tmp_path / "x.csv"))
+
+
+def test_beavertails_hub_id_fails_clearly_offline(monkeypatch):
+    import tvaccine.models
+
+    monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
+    monkeypatch.setattr(tvaccine.models, "_hub_reachable", lambda timeout=3.0: False)
+    with pytest.raises(UserError, match="unreachable"):
+        read_prompts("PKU-Alignment/BeaverTails")
