@@ -176,7 +176,7 @@ def run_attack(config: dict, root: Path, aligned: dict | None) -> dict | None:
         with measured(record):
             summary = attack(config["model"], folder, cfg, aligned=aligned_dir, task=spec.get("task"),
                              data=spec.get("data"), harmful=spec.get("harmful"), task_data=spec.get("task_data"),
-                             dtype=config.get("dtype"))
+                             dtype=config.get("dtype")).summary
         record.update(steps=summary["steps"], first_loss=summary.get("first_loss"),
                       last_loss=summary.get("last_loss"))
         atomic_write_json(folder / "stage.json", record)

