@@ -138,7 +138,8 @@ def run_align(config: dict, root: Path) -> dict | None:
     from tvaccine.align import align, is_finished
     from tvaccine.commands.align import resolve_config
 
-    settings = dict(spec.get("settings") or {})
+    # settings: common to every method; by_method.<name>: only for that method (e.g. rho, S for tvaccine)
+    settings = {**(spec.get("settings") or {}), **((spec.get("by_method") or {}).get(method) or {})}
     settings.setdefault("seed", config.get("seed", 42))
     key = stage_hash("align", config["model"], method, settings, file_digest(spec.get("data")),
                      file_digest(spec.get("probe_data")))

@@ -27,9 +27,11 @@ def demo_sweep(output: Path, pack: Path, model: str, methods: list[str], steps: 
             "seed": 0,
             "align": {"method": "sft", "data": str(pack / "alignment.jsonl"),
                       "probe_data": str(pack / "probe.jsonl"),
+                      "settings": align_common,
                       # the paper's K=200, J=20 scaled to a 30-step run: importance every 10, draws every 5
-                      "settings": {**align_common, "rho": 3.0, "num_active_layers": 8,
-                                   "importance_update_steps": 10, "layer_resample_steps": 5}},
+                      "by_method": {"tvaccine": {"rho": 3.0, "num_active_layers": 8, "importance_update_steps": 10,
+                                                 "layer_resample_steps": 5},
+                                    "vaccine": {"rho": 3.0}}},
             "attack": {"harmful": str(pack / "attack_harmful.jsonl"), "task": "sst2",
                        "task_data": str(pack / "task_train.jsonl"),
                        "settings": {"poison_ratio": 0.2, "sample_num": 100, "learning_rate": 2e-4,
