@@ -221,3 +221,18 @@ def test_paper_defaults():
     assert (c.lora_r, c.lora_alpha, c.lora_dropout, c.learning_rate, c.weight_decay) == (8, 4, 0.1, 1e-3, 0.1)
     assert (c.num_train_epochs, c.per_device_train_batch_size, c.max_length, c.probe_batch_size) == (20, 10, 200, 1)
     assert (c.freeze_scope, c.neighbor_uncheckpointed, c.lr_scheduler_type) == ("layer", False, "cosine")
+
+
+def test_loss_on_target_positions_equals_the_models_own_loss(tmp_path):
+    """The loss is computed on target positions only; value and gradients match the model's full-logits loss."""
+    trainer = make_trainer("sft", tmp_path)
+    batch = CausalCollator(0)(token_rows(3, seed=4))
+    batch["labels"][0, :9] = -100  # rows with different numbers of targets
+    model = trainer.model
+    ours = trainer.compute_loss(model, batch)
+    ours_grads = torch.autograd.grad(ours, [p for p in model.parameters() if p.requires_grad])
+    full = model(**batch).loss
+    full_grads = torch.autograd.grad(full, [p for p in model.parameters() if p.requires_grad])
+    assert torch.allclose(ours, full, rtol=1e-6, atol=1e-7)
+    for a, b in zip(ours_grads, full_grads):
+        assert torch.allclose(a, b, rtol=1e-4, atol=1e-6)

@@ -12,7 +12,7 @@ import sys
 from tvaccine import __version__
 from tvaccine.errors import UserError
 
-COMMANDS = ["align", "data", "attack", "eval", "judge", "run", "demo"]
+COMMANDS = ["align", "data", "attack", "eval", "judge", "run", "demo", "plan"]
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -8,7 +8,7 @@ activation checkpointing are recomputed in backward and their hooks fire again.
 from __future__ import annotations
 
 from contextlib import contextmanager
-from typing import Iterator, Sequence
+from typing import Iterable, Iterator, Sequence
 
 import torch
 from torch import nn
@@ -74,6 +74,19 @@ def add_to_outputs(modules: Sequence[nn.Module], deltas: Sequence[torch.Tensor])
 
     with _hooks(modules, make_hook):
         yield
+
+
+@contextmanager
+def frozen(params: Iterable[nn.Parameter]) -> Iterator[None]:
+    """Switch ``requires_grad`` off for the parameters that have it, and back on at exit (also on an exception)."""
+    params = [p for p in params if p.requires_grad]
+    try:
+        for p in params:
+            p.requires_grad_(False)
+        yield
+    finally:
+        for p in params:
+            p.requires_grad_(True)
 
 
 def worst_case_perturbation(grads: Sequence[torch.Tensor], rho: float, eps: float = 1e-7) -> list[torch.Tensor]:

@@ -7,6 +7,7 @@ from dataclasses import dataclass
 from transformers import Trainer
 
 from tvaccine.methods.config import AlignmentConfig
+from tvaccine.methods.loss import TargetPositionsLoss
 
 
 @dataclass
@@ -14,5 +15,5 @@ class SFTConfig(AlignmentConfig):
     method = "sft"
 
 
-class SFTTrainer(Trainer):
-    """The Hugging Face Trainer as it is; named for symmetry with the other methods."""
+class SFTTrainer(TargetPositionsLoss, Trainer):
+    """The Hugging Face Trainer with the loss computed on target positions only (same loss, less memory)."""

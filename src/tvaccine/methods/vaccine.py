@@ -14,7 +14,8 @@ from transformers import Trainer
 
 from tvaccine.layers import find_decoder_layers
 from tvaccine.methods.config import AlignmentConfig
-from tvaccine.perturb import add_to_outputs, capture_outputs, worst_case_perturbation
+from tvaccine.methods.loss import TargetPositionsLoss
+from tvaccine.perturb import add_to_outputs, capture_outputs, frozen, worst_case_perturbation
 
 
 @dataclass
@@ -28,7 +29,7 @@ class VaccineConfig(AlignmentConfig):
         self._check(self.rho >= 0, "rho", "must be non-negative")
 
 
-class VaccineTrainer(Trainer):
+class VaccineTrainer(TargetPositionsLoss, Trainer):
     def __init__(self, *args, **kwargs):
         super().__init__(*args, **kwargs)
         self.decoder = find_decoder_layers(self.model, self.args.layers_path, self.args.attention_attr)
@@ -41,9 +42,15 @@ class VaccineTrainer(Trainer):
         """Called at the start of every micro-step, before pass 1 (T-Vaccine schedules its layers here)."""
 
     def perturbation(self, model, inputs, layers: list[int]) -> list[torch.Tensor]:
-        """Pass 1: ε for ``layers`` from ∂L/∂a_l. No parameter gradient is computed or synchronised."""
+        """Pass 1: ε for ``layers`` from ∂L/∂a_l. No parameter gradient is computed or synchronised.
+
+        The forward runs with every parameter frozen, so autograd saves only what the gradient w.r.t. hidden states
+        needs (not the LoRA inputs that only weight gradients use), and the graph starts at the lowest captured
+        output (a leaf stands in for it), so backward stops there.
+        """
         modules = [self.decoder.attentions[i] for i in layers]
-        with self.accelerator.no_sync(model), self.compute_loss_context_manager():
+        # frozen until autograd.grad returns: layers recomputed under checkpointing must save what they saved before
+        with self.accelerator.no_sync(model), self.compute_loss_context_manager(), frozen(model.parameters()):
             with capture_outputs(modules) as captured:
                 loss = self.compute_loss(model, inputs)
             # copy: recomputation of checkpointed layers during autograd.grad would overwrite the list
