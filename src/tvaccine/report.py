@@ -44,7 +44,7 @@ def markdown_table(rows: list[dict]) -> str:
         cells = []
         for c in cols:
             v = _num(r.get(c))
-            cells.append(r.get(c, "") if v is None else f"{v:.1f}" if c != "poison_ratio" else f"{v:g}")
+            cells.append(str(r.get(c) or "") if v is None else f"{v:.1f}" if c != "poison_ratio" else f"{v:g}")
         out.append("| " + " | ".join(cells) + " |")
     return "\n".join(out)
 
