@@ -6,7 +6,8 @@ interleaved, chunk by chunk (one batch, then the same prompts one at a time), so
 during the run slows both alike. Tokens are answer tokens up to EOS; padding and post-EOS steps do not count.
 
     PYTHONPATH=src python benchmarks/generation/bench.py [--prompts FILE] [--n 64] [--max-new-tokens 64]
-                                                         [--batch-size 64] [--output benchmarks/generation/results.json]
+                                                         [--batch-size 64] [--dtype float32]
+                                                         [--output benchmarks/generation/results.json]
 """
 
 from __future__ import annotations
@@ -32,6 +33,7 @@ def main() -> None:
     ap.add_argument("--n", type=int, default=64)
     ap.add_argument("--max-new-tokens", type=int, default=64)
     ap.add_argument("--batch-size", type=int, default=64)
+    ap.add_argument("--dtype", default="float32", help="float32 (default) or bfloat16 (fast with AMX, not exact)")
     ap.add_argument("--output", default=str(HERE / "results.json"))
     args = ap.parse_args()
 
@@ -42,7 +44,7 @@ def main() -> None:
     from tvaccine.evaluation.prompts import read_prompts
     from tvaccine.io import atomic_write_json, package_versions
 
-    model, tok = load_for_generation("smollm2-135m")
+    model, tok = load_for_generation("smollm2-135m", dtype=args.dtype)
     prompts = [format_prompt(r["instruction"], r["input"]) for r in read_prompts(args.prompts, args.n)]
     prompts.sort(key=lambda p: -len(tok(p)["input_ids"]))  # as generate_to_file does
     generate_batch(model, tok, prompts[:2], 4)  # warm-up: first-call allocations and kernel selection
@@ -81,7 +83,8 @@ def main() -> None:
         "sequential": {"answer_tokens": seq["tokens"], "wall_s": round(seq["wall"], 2), "cpu_s": round(seq["cpu"], 2)},
         "batched": {"answer_tokens": bat["tokens"], "wall_s": round(bat["wall"], 2), "cpu_s": round(bat["cpu"], 2)},
         "machine": {"cpus": os.cpu_count(), "torch_threads": torch.get_num_threads(), "cpu": platform.processor(),
-                    "load_average_1m_at_start": round(load_start, 2), "load_average_1m_at_end": round(os.getloadavg()[0], 2),
+                    "load_average_1m_at_start": round(load_start, 2),
+                    "load_average_1m_at_end": round(os.getloadavg()[0], 2),
                     "OMP_WAIT_POLICY": os.environ["OMP_WAIT_POLICY"]},
         "versions": package_versions(),
     }
