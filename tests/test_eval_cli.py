@@ -2,7 +2,7 @@ import json
 
 import pytest
 
-from eval_helpers import tiny_llama, tokenizer
+from eval_helpers import save_tiny
 from tvaccine.cli import main
 from tvaccine.errors import UserError
 from tvaccine.evaluation.prompts import read_prompts, read_task
@@ -10,11 +10,7 @@ from tvaccine.evaluation.prompts import read_prompts, read_task
 
 @pytest.fixture(scope="module")
 def model_dir(tmp_path_factory):
-    path = tmp_path_factory.mktemp("tiny-model")
-    tok = tokenizer()
-    tiny_llama(len(tok)).save_pretrained(path)
-    tok.save_pretrained(path)
-    return path
+    return save_tiny(tmp_path_factory.mktemp("tiny-model"))
 
 
 def _write(path, rows):

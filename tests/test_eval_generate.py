@@ -77,3 +77,27 @@ def test_resume_refuses_a_file_from_other_prompts(model_and_tokenizer, tmp_path)
     path.write_text(json.dumps({"id": 0, "prompt": "something else", "response": "x"}) + "\n")
     with pytest.raises(UserError, match="different prompt"):
         gen.generate_to_file(model, tok, [{"id": 0, "prompt": "p"}], path, progress=False)
+
+
+def test_adapters_are_merged_in_turn(tmp_path):
+    from peft import LoraConfig, get_peft_model
+    from transformers import AutoModelForCausalLM
+
+    from eval_helpers import save_tiny
+
+    base_dir = save_tiny(tmp_path / "base")
+    for i, name in enumerate(("a", "b")):
+        torch.manual_seed(i)
+        cfg = LoraConfig(r=2, lora_alpha=4, target_modules=["q_proj", "v_proj"], init_lora_weights=False)
+        get_peft_model(AutoModelForCausalLM.from_pretrained(base_dir), cfg).save_pretrained(tmp_path / name)
+
+    def q_weight(adapters):
+        model, tok = gen.load_for_generation(str(base_dir), [str(tmp_path / a) for a in adapters])
+        assert tok.padding_side == "left"
+        return model.model.layers[0].self_attn.q_proj.weight
+
+    base, a, b, ab = q_weight([]), q_weight(["a"]), q_weight(["b"]), q_weight(["a", "b"])
+    assert not torch.allclose(a, base) and not torch.allclose(b, base)
+    torch.testing.assert_close(ab - base, (a - base) + (b - base))  # both deltas are in
+    with pytest.raises(UserError, match="not a LoRA adapter"):
+        gen.load_for_generation(str(base_dir), [str(tmp_path)])

@@ -37,13 +37,15 @@ def load_for_generation(model: str, adapters: list[str] | tuple[str, ...] = (), 
 
     tokenizer = load_tokenizer(model)
     tokenizer.padding_side = "left"
-    lm = load_model(model, dtype=dtype)
-    for adapter in adapters:
+    for adapter in adapters:  # check every folder before the slow loads
         if not (Path(adapter) / "adapter_config.json").is_file():
             raise UserError(f"{adapter}: not a LoRA adapter folder (no adapter_config.json)")
+    lm = load_model(model, dtype=dtype)
+    if adapters:
         from peft import PeftModel
 
-        lm = PeftModel.from_pretrained(lm, adapter).merge_and_unload()
+        for adapter in adapters:
+            lm = PeftModel.from_pretrained(lm, adapter).merge_and_unload()
     lm.eval()
     return lm, tokenizer
 
