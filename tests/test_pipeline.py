@@ -17,7 +17,7 @@ TINY_ALIGN = {"max_steps": 2, "per_device_train_batch_size": 2, "max_length": 32
 @pytest.fixture(scope="module")
 def pack(tiny_model_dir, tmp_path_factory) -> Path:
     folder = tmp_path_factory.mktemp("pack")
-    demo_pack.build_pack(folder, str(tiny_model_dir), n_probe=2, n_attack_harmful=4, n_benign_align=2,
+    demo_pack.build_pack(folder, str(tiny_model_dir), n_refusals=4, n_probe=2, n_attack_harmful=4, n_benign_align=2,
                          n_task_train=12, n_task_eval=4, answer_tokens=6, echo=lambda *a: None)
     return folder
 

@@ -3,12 +3,12 @@
 from __future__ import annotations
 
 import json
-import time
 from pathlib import Path
 
 from tvaccine import CITATION
 from tvaccine.errors import UserError
 from tvaccine.io import atomic_write_json, atomic_write_text, package_versions
+from tvaccine.training import train_resumable
 
 ADAPTER_FILE = "adapter_model.safetensors"
 SETTINGS_FILE = "tvaccine_config.json"
@@ -35,7 +35,6 @@ def align(method: str, model: str, data: str, output: str, config, probe_data: s
 
     A rerun of an interrupted alignment resumes from the last Trainer checkpoint in ``output/checkpoints``.
     """
-    from transformers.trainer_utils import get_last_checkpoint
 
     from tvaccine.data.tokenize import CausalCollator
     from tvaccine.lora import add_lora
@@ -57,12 +56,7 @@ def align(method: str, model: str, data: str, output: str, config, probe_data: s
     peft_model = add_lora(base, config.lora_r, config.lora_alpha, config.lora_dropout, config.lora_target_modules)
     trainer = trainer_cls(model=peft_model, args=config, train_dataset=train_rows,
                           data_collator=CausalCollator(tokenizer.pad_token_id), **kwargs)
-    last = get_last_checkpoint(config.output_dir) if Path(config.output_dir).is_dir() else None
-    if last:
-        print(f"resuming from {last}")
-    start = time.perf_counter()
-    result = trainer.train(resume_from_checkpoint=last)
-    wall = time.perf_counter() - start
+    result, wall = train_resumable(trainer)
 
     peft_model.save_pretrained(output, safe_serialization=True)
     settings = {"method": method, "model": str(model), "data": str(data), "probe_data": probe_data,

@@ -14,13 +14,13 @@ Trainer checkpoint in ``OUTPUT/checkpoints``; ``tvaccine_attack.json``, written 
 from __future__ import annotations
 
 import json
-import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from tvaccine.errors import UserError
 from tvaccine.io import atomic_write_json, package_versions
 from tvaccine.methods.config import LoraTrainingConfig
+from tvaccine.training import train_resumable
 
 MODES = ("fresh", "continue", "full")
 SETTINGS_FILE = "tvaccine_attack.json"
@@ -134,7 +134,6 @@ def attack(model: str, output: str | Path, config: AttackConfig, aligned: str | 
            strict_disjoint: bool = False, model_obj=None, tokenizer=None) -> AttackRun:
     """Run the attack and save its adapter (or model), settings, log and attack set with manifest."""
     from transformers import Trainer
-    from transformers.trainer_utils import get_last_checkpoint
 
     from tvaccine.data.tokenize import CausalCollator, encode_for_training
     from tvaccine.models import load_model, load_tokenizer
@@ -151,12 +150,7 @@ def attack(model: str, output: str | Path, config: AttackConfig, aligned: str | 
     net = prepare_model(model_obj if model_obj is not None else load_model(model, dtype), config, aligned, task)
     trainer = Trainer(model=net, args=config, train_dataset=enc.rows,
                       data_collator=CausalCollator(tokenizer.pad_token_id))
-    last = get_last_checkpoint(config.output_dir) if Path(config.output_dir).is_dir() else None
-    if last:
-        print(f"resuming from {last}")
-    start = time.perf_counter()
-    result = trainer.train(resume_from_checkpoint=last)
-    wall = time.perf_counter() - start
+    result, wall = train_resumable(trainer)
 
     net.save_pretrained(output, safe_serialization=True)
     if config.mode == "full":

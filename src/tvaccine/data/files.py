@@ -112,3 +112,13 @@ def load_instruction_file(path: str | Path) -> list[dict]:
     from tvaccine.data.sources import load_source
 
     return [{k: r[k] for k in ("instruction", "input", "output")} for r in load_source(str(path)).rows]
+
+def text_field(raw: dict, name: str, required: bool = True) -> str:
+    value = raw.get(name)
+    if value is None:
+        if required:
+            raise UserError(f"{raw['_where']}: missing field '{name}'")
+        return ""
+    if not isinstance(value, str):
+        raise UserError(f"{raw['_where']}: field '{name}' must be a string, got {type(value).__name__}")
+    return value

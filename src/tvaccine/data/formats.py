@@ -19,6 +19,7 @@ text, if it has one. The format is told by the fields a record has:
 
 from __future__ import annotations
 
+from tvaccine.data.files import text_field  # noqa: F401  (part of this module's interface)
 from tvaccine.data.tasks import TASKS
 from tvaccine.data.template import strip_template
 from tvaccine.errors import UserError
@@ -28,15 +29,6 @@ DECODING_TRUST_INSTRUCTION = "You are required to continue the generation of the
 _USER_ROLES, _ASSISTANT_ROLES = {"user", "human"}, {"assistant", "gpt", "model"}
 
 
-def text_field(raw: dict, name: str, required: bool = True) -> str:
-    value = raw.get(name)
-    if value is None:
-        if required:
-            raise UserError(f"{raw['_where']}: missing field '{name}'")
-        return ""
-    if not isinstance(value, str):
-        raise UserError(f"{raw['_where']}: field '{name}' must be a string, got {type(value).__name__}")
-    return value
 
 
 def _nested_text(raw: dict, name: str) -> str:

@@ -10,6 +10,7 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 
+from tvaccine.data.files import text_field
 from tvaccine.errors import UserError
 
 GSM8K_QUESTION_SUFFIX = "\nFirst think step by step and then answer the final number.\n"
@@ -30,8 +31,8 @@ class Task:
     def from_hub(self, raw: dict) -> dict:
         """A row of the task's hub data set in the authors' format."""
         if self.name == "gsm8k":
-            return self._gsm8k(_field(raw, "question"), _field(raw, "answer"), raw)
-        text = _field(raw, "sentence" if self.name == "sst2" else "text")
+            return self._gsm8k(text_field(raw, "question"), text_field(raw, "answer"), raw)
+        text = text_field(raw, "sentence" if self.name == "sst2" else "text")
         label = raw.get("label")
         if not isinstance(label, int) or not 0 <= label < len(self.labels):
             raise UserError(f"{raw['_where']}: field 'label' must be an integer 0..{len(self.labels) - 1}, "
@@ -84,14 +85,6 @@ def final_number(text: str) -> str | None:
         return None
     return (found[0] if sep else found[-1]).replace(",", "")
 
-
-def _field(raw: dict, name: str) -> str:
-    value = raw.get(name)
-    if value is None:
-        raise UserError(f"{raw['_where']}: missing field '{name}'")
-    if not isinstance(value, str):
-        raise UserError(f"{raw['_where']}: field '{name}' must be a string, got {type(value).__name__}")
-    return value
 
 
 TASKS: dict[str, Task] = {

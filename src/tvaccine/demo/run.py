@@ -28,13 +28,14 @@ def demo_sweep(output: Path, pack: Path, model: str, methods: list[str], steps: 
             "align": {"method": "sft", "data": str(pack / "alignment.jsonl"),
                       "probe_data": str(pack / "probe.jsonl"),
                       "settings": align_common,
-                      # the paper's K=200, J=20 scaled to a 30-step run: importance every 10, draws every 5
+                      # the paper's K=200, J=20 scaled to a 60-step run: importance every 10, draws every 5
                       "by_method": {"tvaccine": {"rho": 3.0, "num_active_layers": 8, "importance_update_steps": 10,
                                                  "layer_resample_steps": 5},
                                     "vaccine": {"rho": 3.0}}},
             "attack": {"harmful": str(pack / "attack_harmful.jsonl"), "task": "sst2",
                        "task_data": str(pack / "task_train.jsonl"),
-                       "settings": {"poison_ratio": 0.2, "sample_num": 100, "learning_rate": 2e-4,
+                       # alpha 16, not the paper's 1, so that 30 steps do what the paper's 2000 do
+                       "settings": {"poison_ratio": 0.2, "sample_num": 100, "learning_rate": 2e-4, "lora_alpha": 16,
                                     "max_steps": steps["attack"], "per_device_train_batch_size": 4,
                                     "max_length": 128, "save_steps": 10, "logging_steps": 1}},
             "eval": {"harmful_prompts": str(pack / "eval_harmful.jsonl"),
@@ -62,7 +63,7 @@ def run_demo(output: str, model: str = "smollm2-135m", data_dir: str | None = No
         pack = output / "pack"
         build_pack(pack, model, echo=echo)
     steps = {"align": 4, "attack": 4, "eval_prompts": 8} if quick else \
-            {"align": 30, "attack": 30, "eval_prompts": 40}
+            {"align": 60, "attack": 30, "eval_prompts": 40}
     sweep = demo_sweep(output, pack, model, methods or METHODS, steps)
     atomic_write_text(output / "sweep.yaml", yaml.safe_dump(sweep, sort_keys=False))
     rows = run_sweep(sweep, str(output / "sweep.yaml"), echo=echo)

@@ -13,6 +13,7 @@ import os
 from pathlib import Path
 
 from tvaccine.data.files import read_records
+from tvaccine.data.files import text_field
 from tvaccine.errors import UserError
 
 BEAVERTAILS_HUB = "PKU-Alignment/BeaverTails"
@@ -40,8 +41,8 @@ def read_task(task: str, ref: str, limit: int | None = None) -> list[dict]:
     out = []
     for raw in read_records(ref):
         if task == "gsm8k" and "question" in raw:
-            row = {"instruction": _text(raw, "question") + GSM8K_QUESTION_SUFFIX, "input": "",
-                   "label": _text(raw, "answer").replace("####", "The final answer is: ")}
+            row = {"instruction": text_field(raw, "question") + GSM8K_QUESTION_SUFFIX, "input": "",
+                   "label": text_field(raw, "answer").replace("####", "The final answer is: ")}
         else:
             row = {**_instruction(raw), "label": _answer(raw)}
         if task != "gsm8k":
@@ -85,14 +86,6 @@ def _csv_rows(path: Path) -> list[dict]:
     return rows
 
 
-def _text(raw: dict, field: str) -> str:
-    value = raw.get(field)
-    if value is None:
-        raise UserError(f"{raw['_where']}: missing field '{field}'")
-    if not isinstance(value, str):
-        raise UserError(f"{raw['_where']}: field '{field}' must be a string, got {type(value).__name__}")
-    return value
-
 
 def _turns(raw: dict) -> list[dict] | None:
     for key in ("conversations", "messages"):
@@ -114,7 +107,7 @@ def _instruction(raw: dict) -> dict:
     if "prompt" in raw and isinstance(raw["prompt"], str):
         return {"instruction": raw["prompt"], "input": ""}
     if "instruction" in raw:
-        return {"instruction": _text(raw, "instruction"), "input": raw.get("input") or ""}
+        return {"instruction": text_field(raw, "instruction"), "input": raw.get("input") or ""}
     if _turns(raw) is not None:
         return {"instruction": _turn(raw, _USER_ROLES), "input": ""}
     raise UserError(f"{raw['_where']}: no prompt (expected a field 'prompt', 'instruction', "
@@ -124,4 +117,4 @@ def _instruction(raw: dict) -> dict:
 def _answer(raw: dict) -> str:
     if _turns(raw) is not None:
         return _turn(raw, _ASSISTANT_ROLES)
-    return _text(raw, "output")
+    return text_field(raw, "output")
