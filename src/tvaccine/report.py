@@ -156,7 +156,9 @@ def build_report(folder: str | Path) -> tuple[Path, Path]:
         plots.append(("Harmful score and fine-tuning accuracy against the poison ratio", p))
     for r in rows:
         if r["method"] == "tvaccine" and r.get("align_dir"):
-            p = plot_layers(Path(r["align_dir"]), folder / "tvaccine_layers.png")
+            results = Path(r["align_dir"]) / "train_results.json"
+            steps = json.loads(results.read_text(encoding="utf-8"))["steps"] if results.is_file() else None
+            p = plot_layers(Path(r["align_dir"]), folder / "tvaccine_layers.png", steps)
             if p:
                 plots.append(("T-Vaccine: sampled layers over alignment steps and layer importance", p))
             break
