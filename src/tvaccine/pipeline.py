@@ -235,7 +235,7 @@ def run(config: dict, echo=print) -> dict:
         model, adapters = attacked_model(attacked["dir"], aligned["dir"] if aligned else None)
         after = run_eval(config, root, adapters, "attacked", model=model)
     else:
-        after = before or run_eval(config, root, adapters, "aligned")
+        after = run_eval(config, root, adapters, "aligned")  # the same folder as `before` when judges agree
     results = {"settings": config, "cell": cell_values(config),
                "stages": {"align": aligned, "attack": attacked,
                           "eval_before": _strip(before), "eval": _strip(after)},
