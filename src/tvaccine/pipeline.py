@@ -43,9 +43,9 @@ SUMMARY_COLUMNS = ["cell", "method", "rho", "num_active_layers", "poison_ratio",
 
 
 def file_digest(path: str | None) -> str | None:
-    if not path or not Path(path).is_file():
-        return None
-    return hashlib.sha256(Path(path).read_bytes()).hexdigest()
+    from tvaccine.data.files import file_sha256
+
+    return file_sha256(path) if path and Path(path).is_file() else None
 
 
 def stage_hash(*parts: Any) -> str:
@@ -136,7 +136,6 @@ def run_align(config: dict, root: Path) -> dict | None:
     if method == "none":
         return None
     from tvaccine.align import align, is_finished
-    from tvaccine.commands.align import resolve_config
 
     # settings: common to every method; by_method.<name>: only for that method (e.g. rho, S for tvaccine)
     settings = {**(spec.get("settings") or {}), **((spec.get("by_method") or {}).get(method) or {})}

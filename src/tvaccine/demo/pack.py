@@ -107,6 +107,7 @@ def build_pack(folder: Path, model: str, seed: int = 0, n_refusals: int = 60, n_
                n_attack_harmful: int = 40, n_benign_align: int = 60, n_task_train: int = 200, n_task_eval: int = 40,
                answer_tokens: int = 64, batch_size: int = 16, echo=print) -> dict:
     """Write the pack into ``folder`` (skipped when its manifest exists); returns the manifest."""
+    from tvaccine.data.files import file_sha256
     from tvaccine.data.refusals import write_refusal
     from tvaccine.io import atomic_write_json, write_jsonl
 
@@ -150,7 +151,7 @@ def build_pack(folder: Path, model: str, seed: int = 0, n_refusals: int = 60, n_
     manifest = {"source": str(strongreject_csv()), "seed": seed, "model": model,
                 "counts": {name: len(rows) for name, rows in files.items()},
                 "split_sizes": {name: len(rows) for name, rows in splits.items()},
-                "sha256": {name: hashlib.sha256((folder / name).read_bytes()).hexdigest() for name in files}}
+                "sha256": {name: file_sha256(folder / name) for name in files}}
     atomic_write_json(manifest_path, manifest)  # last: its presence marks a finished pack
     return manifest
 
