@@ -20,7 +20,7 @@ def test_align_writes_a_loadable_adapter(method, tiny_model_dir, align_files, tm
     align, probe = align_files
     out = tmp_path / method
     rc = main(["align", "--method", method, "--model", str(tiny_model_dir), "--data", str(align),
-               "--probe-data", str(probe), "--output", str(out), "--max-steps", "2",
+               "--harmful-data", str(probe), "--output", str(out), "--max-steps", "2",
                "--per-device-train-batch-size", "2", "--max-length", "64", "--disable-tqdm", "true",
                "--use-cpu", "true"] + (["--num-active-layers", "2"] if method == "tvaccine" else []))
     assert rc == 0
@@ -38,7 +38,7 @@ def test_align_writes_a_loadable_adapter(method, tiny_model_dir, align_files, tm
         assert any("tvaccine/active_layers" in h for h in history)
     # a rerun finds the finished run and does not train again
     assert main(["align", "--method", method, "--model", str(tiny_model_dir), "--data", str(align),
-                 "--probe-data", str(probe), "--output", str(out)]) == 0
+                 "--harmful-data", str(probe), "--output", str(out)]) == 0
 
 
 def test_recipes_in_configs_parse_and_validate():
@@ -81,7 +81,7 @@ def test_recipe_overrides_and_unknown_keys(tmp_path):
 def test_bad_input_is_one_line_and_exit_code_2(args, message, tiny_model_dir, align_files, tmp_path):
     align, probe = align_files
     base = {"--method": "tvaccine", "--model": str(tiny_model_dir), "--data": str(align),
-            "--probe-data": str(probe), "--output": str(tmp_path / "out")}
+            "--harmful-data": str(probe), "--output": str(tmp_path / "out")}
     extra = []
     for key, value in zip(args[::2], args[1::2]):
         if key in base:

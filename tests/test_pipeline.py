@@ -25,7 +25,7 @@ def pack(tiny_model_dir, tmp_path_factory) -> Path:
 def run_config(tiny_model_dir, pack, output, method="sft") -> dict:
     return {
         "model": str(tiny_model_dir), "output": str(output), "seed": 0,
-        "align": {"method": method, "data": str(pack / "alignment.jsonl"), "probe_data": str(pack / "probe.jsonl"),
+        "align": {"method": method, "data": str(pack / "alignment.jsonl"), "harmful_data": str(pack / "probe.jsonl"),
                   "settings": {k: v for k, v in TINY_ALIGN.items()
                                if method == "tvaccine" or k not in ("num_active_layers", "importance_update_steps",
                                                                     "layer_resample_steps")}},

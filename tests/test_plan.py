@@ -22,7 +22,7 @@ def measured(method, tmp_path, dropout, batch=3, length=32, prompt=8, **override
     args = config_cls(output_dir=str(tmp_path), use_cpu=True, save_strategy="no", disable_tqdm=True,
                       per_device_train_batch_size=batch, max_steps=1, lora_dropout=dropout, lora_r=8, **overrides)
     rows = token_rows(batch, length=length, prompt=prompt, vocab=VOCAB)
-    kwargs = {"probe_dataset": token_rows(1, length=length, vocab=VOCAB, seed=5)} if method == "tvaccine" else {}
+    kwargs = {"harmful_dataset": token_rows(1, length=length, vocab=VOCAB, seed=5)} if method == "tvaccine" else {}
     trainer = trainer_cls(model=model, args=args, train_dataset=rows, data_collator=CausalCollator(0), **kwargs)
     trainer.current_gradient_accumulation_steps = 1
     result = measure_step(trainer, trainer._prepare_inputs(CausalCollator(0)(rows)))

@@ -49,7 +49,7 @@ def make_trainer(method: str, base_model, rows: list[dict], probe_rows: list[dic
                       per_device_train_batch_size=batch, max_steps=1000, seed=seed, **settings)
     torch.manual_seed(seed)
     model = add_lora(base_model, args.lora_r, args.lora_alpha, args.lora_dropout, args.lora_target_modules)
-    kwargs = {"probe_dataset": probe_rows} if method == "tvaccine" else {}
+    kwargs = {"harmful_dataset": probe_rows} if method == "tvaccine" else {}
     trainer = trainer_cls(model=model, args=args, train_dataset=rows, data_collator=CausalCollator(0), **kwargs)
     trainer.current_gradient_accumulation_steps = 1  # train() sets it; the benchmarks drive training_step
     trainer.create_optimizer_and_scheduler(num_training_steps=args.max_steps)

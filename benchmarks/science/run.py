@@ -66,7 +66,7 @@ def sweep_config(shared: Path, files: dict, output: Path) -> dict:
     return {
         "base": {
             "model": "smollm2-135m", "output": str(output), "seed": 0,
-            "align": {"method": "sft", "data": files["alignment"], "probe_data": files["probe"],
+            "align": {"method": "sft", "data": files["alignment"], "harmful_data": files["probe"],
                       "settings": {**common, "max_steps": s["align_steps"], "learning_rate": 1e-3},
                       # the paper's K=200 / J=20 over ~2000 steps, scaled to 50 steps
                       "by_method": {"tvaccine": {"rho": 3.0, "num_active_layers": 8,

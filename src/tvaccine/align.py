@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from dataclasses import dataclass
 from pathlib import Path
 
 from tvaccine import CITATION
@@ -29,14 +30,54 @@ def encode_file(tokenizer, path, max_length: int, limit: int | None = None, what
     return encode_for_training(tokenizer, rows, max_length, what, str(path)).rows
 
 
-def align(method: str, model: str, data: str, output: str, config, probe_data: str | None = None,
+@dataclass
+class AlignmentData:
+    """What a method trains on: the alignment file (harmful prompt → refusal, maybe benign rows) and, for the
+    methods that need one, the harmful file (harmful prompt → harmful answer) with its row limit applied."""
+
+    tokenizer: object
+    data: str
+    harmful_data: str | None
+    max_length: int
+    harmful_limit: int | None = None
+
+    def records(self) -> list[dict]:
+        from tvaccine.data.files import load_instruction_file
+
+        return load_instruction_file(self.data)
+
+    def harmful_records(self) -> list[dict]:
+        from tvaccine.data.files import load_instruction_file
+
+        return load_instruction_file(self.harmful_data)[: self.harmful_limit]
+
+
+def trainer_inputs(trainer_cls, config, d: AlignmentData) -> dict:
+    """The Trainer keyword arguments for the data: ``train_dataset``, ``data_collator`` and, where the method
+    needs it, ``harmful_dataset``. A trainer class can build its own (RepNoise pairs rows) with a
+    ``trainer_inputs(config, data)`` classmethod."""
+    from tvaccine.data.tokenize import CausalCollator
+
+    custom = getattr(trainer_cls, "trainer_inputs", None)
+    if custom is not None:
+        return custom(config, d)
+    out = {"train_dataset": encode_file(d.tokenizer, d.data, d.max_length, what="alignment data"),
+           "data_collator": CausalCollator(d.tokenizer.pad_token_id)}
+    if d.harmful_data:
+        out["harmful_dataset"] = encode_file(d.tokenizer, d.harmful_data, d.max_length, limit=d.harmful_limit,
+                                             what="harmful data")
+    return out
+
+
+def align(method: str, model: str, data: str, output: str, config, harmful_data: str | None = None,
           dtype: str | None = None, model_obj=None, tokenizer=None) -> dict:
     """Align ``model`` with ``method`` on ``data``; returns the summary written to ``output/train_results.json``.
 
-    A rerun of an interrupted alignment resumes from the last Trainer checkpoint in ``output/checkpoints``.
+    ``harmful_data`` (harmful prompt → harmful answer) is what T-Vaccine probes for layer importance and what
+    RepNoise, TAR and Booster train against. A rerun of an interrupted alignment resumes from the last Trainer
+    checkpoint in ``output/checkpoints``.
     """
 
-    from tvaccine.data.tokenize import CausalCollator
     from tvaccine.lora import add_lora
     from tvaccine.methods import METHODS
     from tvaccine.models import load_model, load_tokenizer
@@ -44,22 +85,20 @@ def align(method: str, model: str, data: str, output: str, config, probe_data: s
     _, trainer_cls = METHODS[method]
     output = Path(output)
     config.output_dir = str(output / "checkpoints")
+    if config.needs_harmful_data() and not harmful_data:
+        raise UserError(f"--harmful-data: {method} needs a harmful file (harmful prompt → harmful answer rows)")
     tokenizer = tokenizer or load_tokenizer(model)
+    data_spec = AlignmentData(tokenizer, data, harmful_data if config.needs_harmful_data() else None,
+                              config.max_length, config.harmful_data_limit())
+    inputs = trainer_inputs(trainer_cls, config, data_spec)
     base = model_obj if model_obj is not None else load_model(model, dtype)
-    train_rows = encode_file(tokenizer, data, config.max_length, what="alignment data")
-    kwargs = {}
-    if getattr(config, "layer_sampling", "uniform") != "uniform":
-        if not probe_data:
-            raise UserError(f"--probe-data: {method} needs a harmful probe file (harmful prompt → harmful answer)")
-        kwargs["probe_dataset"] = encode_file(tokenizer, probe_data, config.max_length,
-                                              limit=config.num_probe_samples, what="probe data")
     peft_model = add_lora(base, config.lora_r, config.lora_alpha, config.lora_dropout, config.lora_target_modules)
-    trainer = trainer_cls(model=peft_model, args=config, train_dataset=train_rows,
-                          data_collator=CausalCollator(tokenizer.pad_token_id), **kwargs)
+    trainer = trainer_cls(model=peft_model, args=config, **inputs)
+    train_rows = inputs["train_dataset"]
     result, wall = train_resumable(trainer)
 
     peft_model.save_pretrained(output, safe_serialization=True)
-    settings = {"method": method, "model": str(model), "data": str(data), "probe_data": probe_data,
+    settings = {"method": method, "model": str(model), "data": str(data), "harmful_data": harmful_data,
                 "config": json.loads(config.to_json_string())}
     summary = {"method": method, "steps": result.global_step, "train_loss": result.training_loss,
                "wall_s": wall, "s_per_step": wall / max(result.global_step, 1),

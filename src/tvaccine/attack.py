@@ -95,7 +95,7 @@ def aligned_data_files(aligned: str | None) -> list[str]:
     if not settings.is_file():
         return []
     recorded = json.loads(settings.read_text(encoding="utf-8"))
-    return [p for p in (recorded.get("data"), recorded.get("probe_data")) if p and Path(p).is_file()]
+    return [p for p in (recorded.get("data"), recorded.get("harmful_data", recorded.get("probe_data"))) if p and Path(p).is_file()]
 
 
 def prepare_model(base, config: AttackConfig, aligned: str | None, task: str | None):

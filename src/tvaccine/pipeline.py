@@ -140,8 +140,9 @@ def run_align(config: dict, root: Path) -> dict | None:
     # settings: common to every method; by_method.<name>: only for that method (e.g. rho, S for tvaccine)
     settings = {**(spec.get("settings") or {}), **((spec.get("by_method") or {}).get(method) or {})}
     settings.setdefault("seed", config.get("seed", 42))
+    harmful = spec.get("harmful_data", spec.get("probe_data"))  # probe_data: the older name
     key = stage_hash("align", config["model"], method, settings, file_digest(spec.get("data")),
-                     file_digest(spec.get("probe_data")))
+                     file_digest(harmful))
     folder = root / "stages" / f"align-{method}-{key}"
     if not is_finished(folder):
         from tvaccine.settings import build_config
@@ -151,7 +152,7 @@ def run_align(config: dict, root: Path) -> dict | None:
         record: dict = {}
         with measured(record):
             summary = align(method, config["model"], spec["data"], str(folder), cfg,
-                            probe_data=spec.get("probe_data"), dtype=config.get("dtype"))
+                            harmful_data=harmful, dtype=config.get("dtype"))
         record.update(steps=summary["steps"], s_per_step=summary["s_per_step"])
         atomic_write_json(folder / "stage.json", record)
     return {"dir": str(folder), "method": method, **_stage_record(folder)}

@@ -20,7 +20,9 @@ def register(sub) -> None:
     p.add_argument("--method", required=True, choices=METHOD_NAMES)
     p.add_argument("--model", required=True, help="hub id, local folder, or smollm2-135m (embedded, offline)")
     p.add_argument("--data", required=True, help="alignment file (JSON/JSONL rows of instruction, input, output)")
-    p.add_argument("--probe-data", help="harmful probe file for T-Vaccine's layer importance (same format)")
+    p.add_argument("--harmful-data", "--probe-data", dest="harmful_data",
+                   help="harmful prompt → harmful answer rows: T-Vaccine's importance probe; what RepNoise, TAR "
+                        "and Booster train against (--probe-data is the same option)")
     p.add_argument("--output", required=True, help="folder for the adapter, settings and model card")
     p.add_argument("--config", help="YAML recipe (e.g. configs/tvaccine.yaml); --name value overrides it")
     p.add_argument("--dtype", default=None, help="model weights dtype: auto, float32, bfloat16, float16")
@@ -52,7 +54,7 @@ def run(args: argparse.Namespace, extra: list[str]) -> int:
         from pathlib import Path
 
         shutil.rmtree(Path(args.output) / "checkpoints", ignore_errors=True)
-    summary = align(args.method, args.model, args.data, args.output, config, probe_data=args.probe_data,
+    summary = align(args.method, args.model, args.data, args.output, config, harmful_data=args.harmful_data,
                     dtype=args.dtype)
     print(f"{args.method}: {summary['steps']} steps, {summary['s_per_step']:.2f} s/step, "
           f"loss {summary['train_loss']:.4f}; adapter saved to {args.output}")

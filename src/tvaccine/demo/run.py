@@ -26,7 +26,7 @@ def demo_sweep(output: Path, pack: Path, model: str, methods: list[str], steps: 
             "output": str(output),
             "seed": 0,
             "align": {"method": "sft", "data": str(pack / "alignment.jsonl"),
-                      "probe_data": str(pack / "probe.jsonl"),
+                      "harmful_data": str(pack / "probe.jsonl"),
                       "settings": align_common,
                       # the paper's K=200, J=20 scaled to a 60-step run: importance every 10, draws every 5
                       "by_method": {"tvaccine": {"rho": 3.0, "num_active_layers": 8, "importance_update_steps": 10,

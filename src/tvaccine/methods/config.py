@@ -66,3 +66,11 @@ class AlignmentConfig(LoraTrainingConfig):
     attention_attr: str | None = field(default=None, metadata={"help": "attribute of each layer's attention"})
 
     method = "sft"
+
+    def needs_harmful_data(self) -> bool:
+        """Whether the method trains or probes on harmful prompt → harmful answer rows (``--harmful-data``)."""
+        return False
+
+    def harmful_data_limit(self) -> int | None:
+        """How many harmful rows to read (None: all)."""
+        return None

@@ -66,6 +66,12 @@ class TVaccineConfig(VaccineConfig):
             raise UserError("gradient_checkpointing: T-Vaccine checkpoints the inactive layers itself; "
                             "leave it off and use checkpoint_inactive")
 
+    def needs_harmful_data(self) -> bool:
+        return self.layer_sampling != "uniform"  # the importance probe
+
+    def harmful_data_limit(self) -> int | None:
+        return self.num_probe_samples
+
 
 @dataclass
 class LayerSchedule:
@@ -90,14 +96,15 @@ class LayerSchedule:
 
 
 class TVaccineTrainer(VaccineTrainer):
-    def __init__(self, *args, probe_dataset=None, **kwargs):
+    def __init__(self, *args, harmful_dataset=None, **kwargs):
         super().__init__(*args, **kwargs)
         a, n = self.args, len(self.decoder)
         if a.num_active_layers > n:
             raise UserError(f"num_active_layers: {a.num_active_layers} is more than the model's {n} layers")
-        if a.layer_sampling != "uniform" and not probe_dataset:
-            raise UserError("T-Vaccine's layer importance needs a harmful probe set (probe_dataset / --probe-data)")
-        self.probe_dataset = probe_dataset
+        if a.layer_sampling != "uniform" and not harmful_dataset:
+            raise UserError("T-Vaccine's layer importance needs a harmful probe set (harmful_dataset / "
+                            "--harmful-data)")
+        self.probe_dataset = harmful_dataset
         self.schedule = LayerSchedule(torch.Generator().manual_seed(a.seed))
         # The trainable (LoRA) parameters of each layer, split by whether they sit in the attention sub-module.
         # All of them require grad now, when the optimizer (and a DDP wrapper) is built over them.
