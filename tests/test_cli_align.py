@@ -8,11 +8,12 @@ from pathlib import Path
 import pytest
 
 from tvaccine.cli import main
+from tvaccine.methods import METHODS
 
 REPO = Path(__file__).resolve().parents[1]
 
 
-@pytest.mark.parametrize("method", ["sft", "vaccine", "tvaccine"])
+@pytest.mark.parametrize("method", sorted(METHODS))
 def test_align_writes_a_loadable_adapter(method, tiny_model_dir, align_files, tmp_path):
     from peft import PeftModel
     from transformers import AutoModelForCausalLM
@@ -22,7 +23,7 @@ def test_align_writes_a_loadable_adapter(method, tiny_model_dir, align_files, tm
     rc = main(["align", "--method", method, "--model", str(tiny_model_dir), "--data", str(align),
                "--harmful-data", str(probe), "--output", str(out), "--max-steps", "2",
                "--per-device-train-batch-size", "2", "--max-length", "64", "--disable-tqdm", "true",
-               "--use-cpu", "true"] + (["--num-active-layers", "2"] if method == "tvaccine" else []))
+               "--use-cpu", "true"] + (["--num-active-layers", "2"] if method.startswith("tvaccine") else []))
     assert rc == 0
     settings = json.loads((out / "tvaccine_config.json").read_text())
     assert settings["method"] == method and settings["config"]["max_steps"] == 2
@@ -33,7 +34,7 @@ def test_align_writes_a_loadable_adapter(method, tiny_model_dir, align_files, tm
     model = PeftModel.from_pretrained(base, out)
     trained = [p for n, p in model.named_parameters() if "lora_B" in n]
     assert trained and any(p.abs().sum() > 0 for p in trained)  # B starts at zero: training moved it
-    if method == "tvaccine":
+    if method.startswith("tvaccine"):
         history = json.loads((out / "log_history.json").read_text())
         assert any("tvaccine/active_layers" in h for h in history)
     # a rerun finds the finished run and does not train again
@@ -44,18 +45,20 @@ def test_align_writes_a_loadable_adapter(method, tiny_model_dir, align_files, tm
 def test_recipes_in_configs_parse_and_validate():
     from tvaccine.commands.align import resolve_config
 
-    recipes = sorted((REPO / "configs").glob("*.yaml"))
-    methods = {"sft", "vaccine", "tvaccine"}
-    checked = 0
-    for recipe in recipes:
-        import yaml
+    import yaml
 
+    from tvaccine.methods import METHODS
+
+    covered = set()
+    for recipe in sorted((REPO / "configs").glob("*.yaml")):
         method = yaml.safe_load(recipe.read_text()).get("method")
-        if method in methods:
-            config = resolve_config(method, str(recipe), [])
-            assert type(config).method == method
-            checked += 1
-    assert checked >= 3
+        if method is None:  # the attack recipe
+            continue
+        assert method in METHODS, f"{recipe.name}: unknown method {method}"
+        config = resolve_config(method, str(recipe), [])
+        assert type(config).method == method
+        covered.add(method)
+    assert covered == set(METHODS), f"methods without a recipe: {set(METHODS) - covered}"
 
 
 def test_recipe_overrides_and_unknown_keys(tmp_path):

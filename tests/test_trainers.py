@@ -20,7 +20,7 @@ def make_trainer(method, tmp_path, model=None, **overrides):
                     per_device_train_batch_size=2, max_steps=1, logging_steps=1, lora_dropout=0.0)
     settings.update(overrides)
     args = config_cls(**settings)
-    kwargs = {"harmful_dataset": token_rows(3, seed=9)} if method == "tvaccine" else {}
+    kwargs = {"harmful_dataset": token_rows(3, seed=9)} if args.needs_harmful_data() else {}
     model = model if model is not None else with_lora(tiny_llama(N_LAYERS))
     trainer = trainer_cls(model=model, args=args, train_dataset=token_rows(8), data_collator=CausalCollator(0),
                           **kwargs)

@@ -95,3 +95,26 @@ def worst_case_perturbation(grads: Sequence[torch.Tensor], rho: float, eps: floa
     joint = torch.linalg.vector_norm(torch.stack([g.float().norm(2) for g in grads]), 2)
     scale = rho / (joint + eps)
     return [(g.float() * scale).to(g.dtype) for g in grads]
+
+
+@contextmanager
+def add_gaussian_to_outputs(modules: Sequence[nn.Module], std: float, generator: torch.Generator) -> Iterator[None]:
+    """Add N(0, std²) noise to the (first) output of every module on every forward in scope.
+
+    Each module's noise is drawn once, at its first forward, and reused when the module runs again in scope (a
+    layer recomputed under activation checkpointing must see the same noise it saw the first time).
+    """
+    drawn: dict[int, torch.Tensor] = {}
+
+    def make_hook(i):
+        def hook(module, args, output):
+            a = _first(output)
+            if i not in drawn:
+                noise = torch.randn(a.shape, generator=generator, dtype=torch.float32) * std
+                drawn[i] = noise.to(device=a.device, dtype=a.dtype)
+            return _with_first(output, a + drawn[i])
+
+        return hook
+
+    with _hooks(modules, make_hook):
+        yield

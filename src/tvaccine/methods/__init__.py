@@ -1,5 +1,7 @@
 """Alignment methods: each a config dataclass (TrainingArguments + the paper's defaults) and a Trainer."""
 
+from tvaccine.methods.ablations import (RandomVaccineConfig, RandomVaccineTrainer, TVaccineNoPerturbationConfig,
+                                        TVaccineNoPerturbationTrainer, TVaccineTopKConfig, TVaccineUniformConfig)
 from tvaccine.methods.config import AlignmentConfig
 from tvaccine.methods.sft import SFTConfig, SFTTrainer
 from tvaccine.methods.tvaccine import TVaccineConfig, TVaccineTrainer
@@ -9,6 +11,11 @@ METHODS: dict[str, tuple[type[AlignmentConfig], type]] = {
     "sft": (SFTConfig, SFTTrainer),
     "vaccine": (VaccineConfig, VaccineTrainer),
     "tvaccine": (TVaccineConfig, TVaccineTrainer),
+    # ablations of T-Vaccine (methods/ablations.py)
+    "random-vaccine": (RandomVaccineConfig, RandomVaccineTrainer),
+    "tvaccine-uniform": (TVaccineUniformConfig, TVaccineTrainer),
+    "tvaccine-topk": (TVaccineTopKConfig, TVaccineTrainer),
+    "tvaccine-no-perturbation": (TVaccineNoPerturbationConfig, TVaccineNoPerturbationTrainer),
 }
 
 __all__ = ["METHODS", "AlignmentConfig", "SFTConfig", "SFTTrainer", "TVaccineConfig", "TVaccineTrainer",
