@@ -70,7 +70,7 @@ def trainer_inputs(trainer_cls, config, d: AlignmentData) -> dict:
 
 
 def align(method: str, model: str, data: str, output: str, config, harmful_data: str | None = None,
-          dtype: str | None = None, model_obj=None, tokenizer=None) -> dict:
+          dtype: str | None = None, model_obj=None, tokenizer=None, callbacks=None) -> dict:
     """Align ``model`` with ``method`` on ``data``; returns the summary written to ``output/train_results.json``.
 
     ``harmful_data`` (harmful prompt → harmful answer) is what T-Vaccine probes for layer importance and what
@@ -93,7 +93,7 @@ def align(method: str, model: str, data: str, output: str, config, harmful_data:
     inputs = trainer_inputs(trainer_cls, config, data_spec)
     base = model_obj if model_obj is not None else load_model(model, dtype)
     peft_model = add_lora(base, config.lora_r, config.lora_alpha, config.lora_dropout, config.lora_target_modules)
-    trainer = trainer_cls(model=peft_model, args=config, **inputs)
+    trainer = trainer_cls(model=peft_model, args=config, callbacks=callbacks, **inputs)
     train_rows = inputs["train_dataset"]
     result, wall = train_resumable(trainer)
 
