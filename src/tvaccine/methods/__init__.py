@@ -1,6 +1,7 @@
 """Alignment methods: each a config dataclass (TrainingArguments + the paper's defaults) and a Trainer."""
 
 from tvaccine.methods.config import AlignmentConfig
+from tvaccine.methods.repnoise import RepNoiseConfig, RepNoiseTrainer
 from tvaccine.methods.sft import SFTConfig, SFTTrainer
 from tvaccine.methods.tvaccine import TVaccineConfig, TVaccineTrainer
 from tvaccine.methods.vaccine import VaccineConfig, VaccineTrainer
@@ -9,7 +10,8 @@ METHODS: dict[str, tuple[type[AlignmentConfig], type]] = {
     "sft": (SFTConfig, SFTTrainer),
     "vaccine": (VaccineConfig, VaccineTrainer),
     "tvaccine": (TVaccineConfig, TVaccineTrainer),
+    "repnoise": (RepNoiseConfig, RepNoiseTrainer),
 }
 
-__all__ = ["METHODS", "AlignmentConfig", "SFTConfig", "SFTTrainer", "TVaccineConfig", "TVaccineTrainer",
+__all__ = ["METHODS", "AlignmentConfig", "RepNoiseConfig", "RepNoiseTrainer", "SFTConfig", "SFTTrainer", "TVaccineConfig", "TVaccineTrainer",
            "VaccineConfig", "VaccineTrainer"]
