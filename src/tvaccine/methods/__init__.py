@@ -3,6 +3,7 @@
 from tvaccine.methods.ablations import (RandomVaccineConfig, RandomVaccineTrainer, TVaccineNoPerturbationConfig,
                                         TVaccineNoPerturbationTrainer, TVaccineTopKConfig, TVaccineUniformConfig)
 from tvaccine.methods.config import AlignmentConfig
+from tvaccine.methods.repnoise import RepNoiseConfig, RepNoiseTrainer
 from tvaccine.methods.sft import SFTConfig, SFTTrainer
 from tvaccine.methods.tvaccine import TVaccineConfig, TVaccineTrainer
 from tvaccine.methods.vaccine import VaccineConfig, VaccineTrainer
@@ -11,6 +12,8 @@ METHODS: dict[str, tuple[type[AlignmentConfig], type]] = {
     "sft": (SFTConfig, SFTTrainer),
     "vaccine": (VaccineConfig, VaccineTrainer),
     "tvaccine": (TVaccineConfig, TVaccineTrainer),
+    # baselines the paper compares against
+    "repnoise": (RepNoiseConfig, RepNoiseTrainer),
     # ablations of T-Vaccine (methods/ablations.py)
     "random-vaccine": (RandomVaccineConfig, RandomVaccineTrainer),
     "tvaccine-uniform": (TVaccineUniformConfig, TVaccineTrainer),
