@@ -4,6 +4,8 @@ from tvaccine.methods.ablations import (RandomVaccineConfig, RandomVaccineTraine
                                         TVaccineNoPerturbationTrainer, TVaccineTopKConfig, TVaccineUniformConfig)
 from tvaccine.methods.config import AlignmentConfig
 from tvaccine.methods.sft import SFTConfig, SFTTrainer
+from tvaccine.methods.tar import TARConfig, TARTrainer
+from tvaccine.methods.tar_tvaccine import TARTvaccineConfig, TARTvaccineTrainer
 from tvaccine.methods.tvaccine import TVaccineConfig, TVaccineTrainer
 from tvaccine.methods.vaccine import VaccineConfig, VaccineTrainer
 
@@ -11,6 +13,8 @@ METHODS: dict[str, tuple[type[AlignmentConfig], type]] = {
     "sft": (SFTConfig, SFTTrainer),
     "vaccine": (VaccineConfig, VaccineTrainer),
     "tvaccine": (TVaccineConfig, TVaccineTrainer),
+    "tar": (TARConfig, TARTrainer),
+    "tar-tvaccine": (TARTvaccineConfig, TARTvaccineTrainer),
     # ablations of T-Vaccine (methods/ablations.py)
     "random-vaccine": (RandomVaccineConfig, RandomVaccineTrainer),
     "tvaccine-uniform": (TVaccineUniformConfig, TVaccineTrainer),
