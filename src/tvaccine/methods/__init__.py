@@ -5,6 +5,8 @@ from tvaccine.methods.ablations import (RandomVaccineConfig, RandomVaccineTraine
 from tvaccine.methods.config import AlignmentConfig
 from tvaccine.methods.repnoise import RepNoiseConfig, RepNoiseTrainer
 from tvaccine.methods.sft import SFTConfig, SFTTrainer
+from tvaccine.methods.tar import TARConfig, TARTrainer
+from tvaccine.methods.tar_tvaccine import TARTvaccineConfig, TARTvaccineTrainer
 from tvaccine.methods.tvaccine import TVaccineConfig, TVaccineTrainer
 from tvaccine.methods.vaccine import VaccineConfig, VaccineTrainer
 
@@ -14,6 +16,8 @@ METHODS: dict[str, tuple[type[AlignmentConfig], type]] = {
     "tvaccine": (TVaccineConfig, TVaccineTrainer),
     # baselines the paper compares against
     "repnoise": (RepNoiseConfig, RepNoiseTrainer),
+    "tar": (TARConfig, TARTrainer),
+    "tar-tvaccine": (TARTvaccineConfig, TARTvaccineTrainer),
     # ablations of T-Vaccine (methods/ablations.py)
     "random-vaccine": (RandomVaccineConfig, RandomVaccineTrainer),
     "tvaccine-uniform": (TVaccineUniformConfig, TVaccineTrainer),
