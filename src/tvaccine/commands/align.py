@@ -8,7 +8,7 @@ from tvaccine.errors import UserError
 
 
 # The names of tvaccine.methods.METHODS, listed here so that `tvaccine --help` does not import transformers.
-METHOD_NAMES = ["sft", "tvaccine", "vaccine"]
+METHOD_NAMES = ["booster", "sft", "tvaccine", "vaccine"]
 
 
 def register(sub) -> None:
