@@ -43,15 +43,19 @@ def grads(model, rows) -> list[torch.Tensor]:
     return list(torch.autograd.grad(loss, lora_params(model)))
 
 
-def booster_gradient(model, align_rows, harmful_rows, lamb, alpha) -> list[torch.Tensor]:
-    """∇f(w) + λ(∇h(w) − ∇h(w')), w' = w − α∇h/‖∇h‖, computed directly on a copy of the model."""
-    gf, gh = grads(model, align_rows), grads(model, harmful_rows)
+def harmful_difference(model, rows, alpha=0.1) -> list[torch.Tensor]:
+    """∇h(w) − ∇h(w'), w' = w − α∇h/‖∇h‖, computed directly; the model's weights are put back."""
+    gh = grads(model, rows)
     norm = torch.sqrt(sum(g.pow(2).sum() for g in gh))
+    saved = [p.detach().clone() for p in lora_params(model)]
     with torch.no_grad():
         for p, g in zip(lora_params(model), gh):
             p -= alpha * g / (norm + 1e-7)
-    gh_after = grads(model, harmful_rows)
-    return [f + lamb * (h - h2) for f, h, h2 in zip(gf, gh, gh_after)]
+    after = grads(model, rows)
+    with torch.no_grad():
+        for p, s in zip(lora_params(model), saved):
+            p.copy_(s)
+    return [a - b for a, b in zip(gh, after)]
 
 
 def deltas(before: dict, model) -> list[torch.Tensor]:
@@ -86,12 +90,13 @@ def test_one_step_changes_lora_only(tmp_path):
 def test_update_is_the_first_order_booster_gradient(tmp_path):
     align_rows, harmful_rows = token_rows(2), token_rows(2, seed=9)
     model = with_lora(tiny_llama())
-    expected = booster_gradient(copy.deepcopy(model), align_rows, harmful_rows, lamb=5.0, alpha=0.1)
+    probe = copy.deepcopy(model)
+    expected = [f + 5.0 * d for f, d in zip(grads(probe, align_rows), harmful_difference(probe, harmful_rows))]
     before = lora_by_layer(model)
     make_trainer(tmp_path, model, train_rows=align_rows, harmful_rows=harmful_rows, lamb=5.0, alpha=0.1).train()
     sft = with_lora(tiny_llama())
     make_trainer(tmp_path, sft, method="sft", train_rows=align_rows).train()
-    for got, want, plain in zip(deltas(before, model), expected, deltas(before, sft)):
+    for got, want in zip(deltas(before, model), expected):
         torch.testing.assert_close(got, -LR * want, rtol=1e-4, atol=1e-7)
     # the λ term is material: the step is far from the SFT step
     gap = sum((a - b).abs().sum() for a, b in zip(deltas(before, model), deltas(before, sft)))
@@ -115,27 +120,13 @@ def test_accumulation_counts_the_term_once_per_optimizer_step(tmp_path):
     drawn = [stream.next_rows(), stream.next_rows()]
     probe = copy.deepcopy(model)
     gf = grads(probe, align_rows)
-    d = [_difference(probe, h) for h in drawn]
+    d = [harmful_difference(probe, h) for h in drawn]
     expected = [f + 5.0 * (a + b) / 2 for f, a, b in zip(gf, *d)]
     before = lora_by_layer(model)
     make_trainer(tmp_path, model, train_rows=align_rows, harmful_rows=harmful_rows, per_device_train_batch_size=1,
                  gradient_accumulation_steps=2, harmful_batch_size=1, seed=42).train()
     for got, want in zip(deltas(before, model), expected):
         torch.testing.assert_close(got, -LR * want, rtol=1e-4, atol=1e-7)
-
-
-def _difference(model, rows) -> list[torch.Tensor]:
-    gh = grads(model, rows)
-    norm = torch.sqrt(sum(g.pow(2).sum() for g in gh))
-    saved = [p.detach().clone() for p in lora_params(model)]
-    with torch.no_grad():
-        for p, g in zip(lora_params(model), gh):
-            p -= 0.1 * g / (norm + 1e-7)
-    after = grads(model, rows)
-    with torch.no_grad():
-        for p, s in zip(lora_params(model), saved):
-            p.copy_(s)
-    return [a - b for a, b in zip(gh, after)]
 
 
 def test_harmful_batches_continue_after_a_resume(tmp_path):
