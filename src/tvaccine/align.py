@@ -98,8 +98,9 @@ def align(method: str, model: str, data: str, output: str, config, harmful_data:
     result, wall = train_resumable(trainer)
 
     peft_model.save_pretrained(output, safe_serialization=True)
+    # attack_mode: how the method's threat model has the attacker meet the adapter (`tvaccine attack` defaults to it)
     settings = {"method": method, "model": str(model), "data": str(data), "harmful_data": harmful_data,
-                "config": json.loads(config.to_json_string())}
+                "attack_mode": getattr(config, "attack_mode", "fresh"), "config": json.loads(config.to_json_string())}
     summary = {"method": method, "steps": result.global_step, "train_loss": result.training_loss,
                "wall_s": wall, "s_per_step": wall / max(result.global_step, 1),
                "train_rows": len(train_rows), "versions": package_versions()}

@@ -7,6 +7,10 @@ Modes (how the aligned adapter meets the attack):
 - ``continue``: keep training the alignment LoRA itself (Booster's protocol);
 - ``full``: merge, then train every weight.
 
+Unset, the mode is the one the aligned adapter's method assumes (``attack_mode`` in its ``tvaccine_config.json``:
+continue for Booster), else fresh. ``defense: lisa`` runs the job under Lisa, a fine-tuning-stage defense that
+alternates with the provider's alignment data (``tvaccine.lisa``).
+
 Without an aligned adapter the attack runs on the base model (the "no defense" row). A rerun resumes from the last
 Trainer checkpoint in ``OUTPUT/checkpoints``; ``tvaccine_attack.json``, written last, marks a finished run.
 """
@@ -14,6 +18,7 @@ Trainer checkpoint in ``OUTPUT/checkpoints``; ``tvaccine_attack.json``, written 
 from __future__ import annotations
 
 import json
+import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -23,6 +28,7 @@ from tvaccine.methods.config import LoraTrainingConfig
 from tvaccine.training import train_resumable
 
 MODES = ("fresh", "continue", "full")
+DEFENSES = ("none", "lisa")
 SETTINGS_FILE = "tvaccine_attack.json"
 ATTACK_SET_FILE = "attack_set.jsonl"
 BEAVERTAILS_TRAIN = "PKU-Alignment/BeaverTails:30k_train"
@@ -36,15 +42,30 @@ class AttackConfig(LoraTrainingConfig):
     output_dir: str | None = "runs/attack"
     learning_rate: float = 1e-5
     lora_alpha: float | None = field(default=None, metadata={"help": "LoRA alpha; default 1, 0.5 for GSM8K"})
-    mode: str = field(default="fresh", metadata={"help": "fresh | continue | full (see tvaccine.attack)"})
+    mode: str | None = field(default=None, metadata={
+        "help": "fresh | continue | full (see tvaccine.attack); unset: what the aligned adapter's method assumes "
+                "(continue for Booster), else fresh"})
     poison_ratio: float = field(default=0.1, metadata={"help": "p: share of harmful rows in the attack set"})
     sample_num: int = field(default=1000, metadata={"help": "n: rows in the attack set"})
+    # Lisa (Huang et al., NeurIPS 2024): the authors' defaults (rho 1, 100 alignment / 900 fine-tuning steps)
+    defense: str = field(default="none", metadata={"help": "none | lisa (fine-tuning-stage defense, needs "
+                                                           "--alignment-data)"})
+    lisa_rho: float = field(default=1.0, metadata={"help": "Lisa: weight ρ of the proximal term ρ/2·‖w − w̃‖²"})
+    lisa_alignment_steps: int = field(default=100, metadata={"help": "Lisa: optimizer steps per alignment state"})
+    lisa_finetune_steps: int = field(default=900, metadata={"help": "Lisa: optimizer steps per fine-tuning state"})
+    lisa_proximal_warmup: float = field(default=0.1, metadata={
+        "help": "Lisa: share of the steps before the proximal term starts (the authors' code: 0.1)"})
 
     def __post_init__(self):
         super().__post_init__()
-        self._check(self.mode in MODES, "mode", f"must be one of {', '.join(MODES)}")
+        self._check(self.mode is None or self.mode in MODES, "mode", f"must be one of {', '.join(MODES)}")
         self._check(0 <= self.poison_ratio <= 1, "poison_ratio", "must be in [0, 1]")
         self._check(self.sample_num >= 1, "sample_num", "must be at least 1")
+        self._check(self.defense in DEFENSES, "defense", f"must be one of {', '.join(DEFENSES)}")
+        self._check(self.lisa_rho >= 0, "lisa_rho", "must be non-negative")
+        self._check(self.lisa_alignment_steps >= 1, "lisa_alignment_steps", "must be at least 1")
+        self._check(self.lisa_finetune_steps >= 1, "lisa_finetune_steps", "must be at least 1")
+        self._check(0 <= self.lisa_proximal_warmup <= 1, "lisa_proximal_warmup", "must be in [0, 1]")
 
     def alpha_for(self, task: str | None) -> float:
         """The authors use alpha 0.5 when the benign data is GSM8K and 1 otherwise."""
@@ -98,6 +119,23 @@ def aligned_data_files(aligned: str | None) -> list[str]:
     return [p for p in (recorded.get("data"), recorded.get("harmful_data", recorded.get("probe_data"))) if p and Path(p).is_file()]
 
 
+def resolve_mode(mode: str | None, aligned: str | None) -> str:
+    """The attack mode: the one asked for, else the one the aligned adapter's method assumes, else fresh."""
+    recorded = {}
+    if aligned and (Path(aligned) / "tvaccine_config.json").is_file():
+        recorded = json.loads((Path(aligned) / "tvaccine_config.json").read_text(encoding="utf-8"))
+    assumed, method = recorded.get("attack_mode", "fresh"), recorded.get("method")
+    if mode is None:
+        if assumed != "fresh":
+            print(f"note: {aligned} was aligned with {method}, whose threat model attacks with --mode {assumed}; "
+                  f"using it (pass --mode fresh to merge the adapter and train a new LoRA)")
+        return assumed
+    if assumed != "fresh" and mode != assumed:
+        print(f"warning: --mode {mode} on a {method} adapter, whose threat model is --mode {assumed}; "
+              f"running {mode} as asked", file=sys.stderr)
+    return mode
+
+
 def prepare_model(base, config: AttackConfig, aligned: str | None, task: str | None):
     """The model the attack trains, per ``config.mode``; only the weights the mode names require grad."""
     from transformers import set_seed
@@ -131,14 +169,24 @@ class AttackRun:
 def attack(model: str, output: str | Path, config: AttackConfig, aligned: str | None = None,
            task: str | None = None, data: str | None = None, harmful: str | None = None,
            task_data: str | None = None, dtype: str | None = None, disjoint_from: list[str] = (),
-           strict_disjoint: bool = False, model_obj=None, tokenizer=None) -> AttackRun:
-    """Run the attack and save its adapter (or model), settings, log and attack set with manifest."""
+           strict_disjoint: bool = False, model_obj=None, tokenizer=None,
+           alignment_data: str | None = None) -> AttackRun:
+    """Run the attack and save its adapter (or model), settings, log and attack set with manifest.
+
+    ``alignment_data`` (harmful prompt → refusal rows) is what ``config.defense == "lisa"`` interleaves.
+    """
     from transformers import Trainer
 
+    from tvaccine.data.files import file_sha256, load_instruction_file
     from tvaccine.data.tokenize import CausalCollator, encode_for_training
     from tvaccine.models import load_model, load_tokenizer
 
     aligned = None if aligned in (None, "", "none") else str(aligned)
+    if config.defense == "lisa" and not alignment_data:
+        raise UserError("--alignment-data: --defense lisa needs the provider's alignment rows "
+                        "(harmful prompt → refusal)")
+    alignment_data = str(alignment_data) if config.defense == "lisa" else None
+    config.mode = resolve_mode(config.mode, aligned)
     task = task.lower().replace("_", "") if task else None
     output = Path(output)
     output.mkdir(parents=True, exist_ok=True)
@@ -147,22 +195,31 @@ def attack(model: str, output: str | Path, config: AttackConfig, aligned: str | 
                                         list(disjoint_from), strict_disjoint)
     tokenizer = tokenizer or load_tokenizer(model)
     enc = encode_for_training(tokenizer, rows, config.max_length, "attack data", data_info["data"])
+    trainer_cls, extra = Trainer, {}
+    if config.defense == "lisa":
+        from tvaccine.lisa import LisaTrainer
+
+        trainer_cls = LisaTrainer
+        extra["alignment_dataset"] = encode_for_training(tokenizer, load_instruction_file(alignment_data),
+                                                         config.max_length, "alignment data", alignment_data).rows
     net = prepare_model(model_obj if model_obj is not None else load_model(model, dtype), config, aligned, task)
-    trainer = Trainer(model=net, args=config, train_dataset=enc.rows,
-                      data_collator=CausalCollator(tokenizer.pad_token_id))
+    trainer = trainer_cls(model=net, args=config, train_dataset=enc.rows,
+                          data_collator=CausalCollator(tokenizer.pad_token_id), **extra)
     result, wall = train_resumable(trainer)
 
     net.save_pretrained(output, safe_serialization=True)
     if config.mode == "full":
         tokenizer.save_pretrained(output)  # a full model folder loads on its own
     losses = [e["loss"] for e in trainer.state.log_history if "loss" in e]
-    summary = {"stage": "attack", "mode": config.mode, "steps": result.global_step,
+    summary = {"stage": "attack", "mode": config.mode, "defense": config.defense, "steps": result.global_step,
                "train_loss": result.training_loss, "first_loss": losses[0] if losses else None,
                "last_loss": losses[-1] if losses else None, "wall_s": wall,
                "s_per_step": wall / max(result.global_step, 1), "train_rows": len(enc.rows),
                "dropped_rows": enc.dropped, "versions": package_versions()}
-    settings = {"stage": "attack", "mode": config.mode, "model": str(model), "aligned": aligned, "task": task,
-                **data_info, "lora_alpha": None if config.mode != "fresh" else config.alpha_for(task),
+    settings = {"stage": "attack", "mode": config.mode, "defense": config.defense, "model": str(model),
+                "aligned": aligned, "task": task, **data_info, "alignment_data": alignment_data,
+                "alignment_data_sha256": file_sha256(alignment_data) if alignment_data else None,
+                "lora_alpha": None if config.mode != "fresh" else config.alpha_for(task),
                 "config": json.loads(config.to_json_string())}
     atomic_write_json(output / "log_history.json", trainer.state.log_history)
     atomic_write_json(output / "train_results.json", summary)

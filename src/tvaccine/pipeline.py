@@ -167,9 +167,19 @@ def run_attack(config: dict, root: Path, aligned: dict | None) -> dict | None:
 
     settings = dict(spec.get("settings") or {})
     settings.setdefault("seed", config.get("seed", 42))
+    # attack.defense (or attack.settings.defense) with attack.alignment_data: a fine-tuning-stage defense (Lisa).
+    # Left out of the settings and the hash when none, so undefended stages keep their folders.
+    if spec.get("defense") is not None:
+        settings["defense"] = spec["defense"]
+    if settings.get("defense") == "none":
+        del settings["defense"]
+    alignment_data = spec.get("alignment_data") if settings.get("defense") else None
+    defense_inputs = [file_digest(alignment_data)] if settings.get("defense") else []
+    # The mode is not set here: unset, attack() takes the one the aligned method assumes (continue after Booster),
+    # which the aligned folder (in the hash) decides.
     aligned_dir = aligned["dir"] if aligned else None
     key = stage_hash("attack", config["model"], aligned_dir, settings, spec.get("task"),
-                     *(file_digest(spec.get(k)) for k in ("data", "harmful", "task_data")))
+                     *(file_digest(spec.get(k)) for k in ("data", "harmful", "task_data")), *defense_inputs)
     folder = root / "stages" / f"attack-{key}"
     if not is_finished(folder):
         cfg = build_config(AttackConfig, settings, where=["attack.settings"])
@@ -177,9 +187,9 @@ def run_attack(config: dict, root: Path, aligned: dict | None) -> dict | None:
         with measured(record):
             summary = attack(config["model"], folder, cfg, aligned=aligned_dir, task=spec.get("task"),
                              data=spec.get("data"), harmful=spec.get("harmful"), task_data=spec.get("task_data"),
-                             dtype=config.get("dtype")).summary
-        record.update(steps=summary["steps"], first_loss=summary.get("first_loss"),
-                      last_loss=summary.get("last_loss"))
+                             dtype=config.get("dtype"), alignment_data=alignment_data).summary
+        record.update(steps=summary["steps"], mode=summary["mode"], defense=summary["defense"],
+                      first_loss=summary.get("first_loss"), last_loss=summary.get("last_loss"))
         atomic_write_json(folder / "stage.json", record)
     return {"dir": str(folder), **_stage_record(folder)}
 

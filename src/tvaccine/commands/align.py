@@ -8,8 +8,8 @@ from tvaccine.errors import UserError
 
 
 # The names of tvaccine.methods.METHODS, listed here so that `tvaccine --help` does not import transformers.
-METHOD_NAMES = ["random-vaccine", "repnoise", "sft", "tar", "tar-tvaccine", "tvaccine", "tvaccine-no-perturbation",
-                "tvaccine-topk", "tvaccine-uniform", "vaccine"]
+METHOD_NAMES = ["booster", "random-vaccine", "repnoise", "sft", "tar", "tar-tvaccine", "tvaccine",
+                "tvaccine-no-perturbation", "tvaccine-topk", "tvaccine-uniform", "vaccine"]
 
 
 def register(sub) -> None:

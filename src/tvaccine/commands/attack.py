@@ -13,7 +13,10 @@ def register(sub) -> None:
         description="Fine-tune the model as a user of a fine-tuning service would, on task data of which a share p "
                     "is harmful. Any AttackConfig or TrainingArguments setting can follow as --name value, e.g. "
                     "--poison-ratio 0.1 --sample-num 1000 --mode fresh|continue|full --learning-rate 1e-5 "
-                    "--num-train-epochs 20 --lora-alpha 1 --max-steps 50 --seed 42.",
+                    "--num-train-epochs 20 --lora-alpha 1 --max-steps 50 --seed 42. Without --mode, a Booster "
+                    "adapter is attacked in continue mode (its threat model), others fresh. --defense lisa "
+                    "--alignment-data FILE runs the job under Lisa (--lisa-rho, --lisa-alignment-steps, "
+                    "--lisa-finetune-steps).",
     )
     p.add_argument("--model", required=True, help="hub id, local folder, or smollm2-135m (embedded, offline)")
     p.add_argument("--aligned", help="aligned adapter folder ('none' or omitted: attack the base model)")
@@ -23,6 +26,7 @@ def register(sub) -> None:
                                      "(default PKU-Alignment/BeaverTails:30k_train)")
     p.add_argument("--task-data", help="task rows: local file or hub id[:split] (default: the task's hub train split)")
     p.add_argument("--output", required=True, help="folder for the attack adapter, settings, set and manifest")
+    p.add_argument("--alignment-data", help="--defense lisa: the provider's alignment rows (harmful prompt → refusal)")
     p.add_argument("--config", help="YAML recipe (e.g. configs/attack.yaml); --name value overrides it")
     p.add_argument("--dtype", default=None, help="model weights dtype: auto, float32, bfloat16, float16")
     p.add_argument("--disjoint-from", nargs="*", default=[], metavar="FILE",
@@ -57,7 +61,8 @@ def run(args: argparse.Namespace, extra: list[str]) -> int:
         shutil.rmtree(Path(args.output) / "checkpoints", ignore_errors=True)
     s = attack(args.model, args.output, config, aligned=args.aligned, task=args.task, data=args.data,
                harmful=args.harmful, task_data=args.task_data, dtype=args.dtype, disjoint_from=args.disjoint_from,
-               strict_disjoint=args.strict_disjoint).summary
-    print(f"attack ({s['mode']}): {s['steps']} steps, {s['s_per_step']:.2f} s/step, loss {s['first_loss']:.4f} → "
-          f"{s['last_loss']:.4f}; saved to {args.output}")
+               strict_disjoint=args.strict_disjoint, alignment_data=args.alignment_data).summary
+    defense = "" if s["defense"] == "none" else f", defense {s['defense']}"
+    print(f"attack ({s['mode']}{defense}): {s['steps']} steps, {s['s_per_step']:.2f} s/step, "
+          f"loss {s['first_loss']:.4f} → {s['last_loss']:.4f}; saved to {args.output}")
     return 0

@@ -2,6 +2,7 @@
 
 from tvaccine.methods.ablations import (RandomVaccineConfig, RandomVaccineTrainer, TVaccineNoPerturbationConfig,
                                         TVaccineNoPerturbationTrainer, TVaccineTopKConfig, TVaccineUniformConfig)
+from tvaccine.methods.booster import BoosterConfig, BoosterTrainer
 from tvaccine.methods.config import AlignmentConfig
 from tvaccine.methods.repnoise import RepNoiseConfig, RepNoiseTrainer
 from tvaccine.methods.sft import SFTConfig, SFTTrainer
@@ -18,6 +19,7 @@ METHODS: dict[str, tuple[type[AlignmentConfig], type]] = {
     "repnoise": (RepNoiseConfig, RepNoiseTrainer),
     "tar": (TARConfig, TARTrainer),
     "tar-tvaccine": (TARTvaccineConfig, TARTvaccineTrainer),
+    "booster": (BoosterConfig, BoosterTrainer),
     # ablations of T-Vaccine (methods/ablations.py)
     "random-vaccine": (RandomVaccineConfig, RandomVaccineTrainer),
     "tvaccine-uniform": (TVaccineUniformConfig, TVaccineTrainer),
@@ -25,5 +27,7 @@ METHODS: dict[str, tuple[type[AlignmentConfig], type]] = {
     "tvaccine-no-perturbation": (TVaccineNoPerturbationConfig, TVaccineNoPerturbationTrainer),
 }
 
-__all__ = ["METHODS", "AlignmentConfig", "SFTConfig", "SFTTrainer", "TVaccineConfig", "TVaccineTrainer",
+__all__ = ["METHODS", "AlignmentConfig", "BoosterConfig", "BoosterTrainer", "RandomVaccineConfig",
+           "RandomVaccineTrainer", "RepNoiseConfig", "RepNoiseTrainer", "SFTConfig", "SFTTrainer", "TARConfig",
+           "TARTrainer", "TARTvaccineConfig", "TARTvaccineTrainer", "TVaccineConfig", "TVaccineTrainer",
            "VaccineConfig", "VaccineTrainer"]

@@ -1,0 +1,74 @@
+"""What the trainers that draw a second data set and add a term to the Trainer's loss share (Booster, Lisa).
+
+- ``SeededBatches``: batches of a side data set (Booster's harmful rows, Lisa's alignment rows) in a seeded order,
+  reshuffled every pass; its whole state is (pass, position), saved with each checkpoint so a resumed run draws
+  exactly the batches an uninterrupted one would have drawn.
+- ``accumulation_scale``: the factor an added loss term needs so that, summed over the micro-steps of one optimizer
+  step, it counts once, whichever way the Trainer normalises its own loss.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+
+import numpy as np
+
+
+class SeededBatches:
+    """Fixed-size batches of ``rows`` in a random order drawn from (seed, stream, pass); a batch that runs past the
+    end of a pass is filled from the next one. ``stream`` separates the ranks of a distributed run."""
+
+    def __init__(self, rows, batch_size: int, seed: int, stream: int = 0):
+        if not len(rows):
+            raise ValueError("SeededBatches needs at least one row")
+        self.rows, self.batch_size, self.seed, self.stream = rows, batch_size, seed, stream
+        self.epoch, self.pos = 0, 0
+
+    def _order(self) -> np.ndarray:
+        return np.random.default_rng([self.seed, self.stream, self.epoch]).permutation(len(self.rows))
+
+    def next_rows(self) -> list:
+        out = []
+        while len(out) < self.batch_size:
+            if self.pos >= len(self.rows):
+                self.epoch, self.pos = self.epoch + 1, 0
+            take = self._order()[self.pos : self.pos + self.batch_size - len(out)]
+            out += [self.rows[int(i)] for i in take]
+            self.pos += len(take)
+        return out
+
+    def state_dict(self) -> dict:
+        return {"epoch": self.epoch, "pos": self.pos}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.epoch, self.pos = int(state["epoch"]), int(state["pos"])
+
+
+def accumulation_scale(trainer, num_items_in_batch) -> float:
+    """1 when ``Trainer.training_step`` will divide the loss by the accumulation steps itself, else 1/steps.
+
+    The Trainer divides unless the loss was already normalised by the token count of the whole accumulated batch
+    (``num_items_in_batch``); this mirrors its rule (transformers 5, ``Trainer.loss_is_scaled_for_ga``).
+    """
+    scaled = trainer.loss_is_scaled_for_ga
+    if scaled is None:
+        scaled = (trainer.model_accepts_loss_kwargs and num_items_in_batch is not None) \
+            or trainer.compute_loss_func is not None
+    return 1.0 / trainer.current_gradient_accumulation_steps if scaled else 1.0
+
+
+def save_state(trainer, output_dir: str, name: str, state: dict) -> None:
+    """Write ``state`` as JSON into a checkpoint folder (main process only)."""
+    from tvaccine.io import atomic_write_json
+
+    if trainer.args.should_save:
+        atomic_write_json(os.path.join(output_dir, name), state)
+
+
+def load_state(checkpoint: str | None, name: str) -> dict | None:
+    path = os.path.join(checkpoint, name) if checkpoint else None
+    if not path or not os.path.exists(path):
+        return None
+    with open(path, encoding="utf-8") as f:
+        return json.load(f)
