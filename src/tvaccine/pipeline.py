@@ -32,13 +32,14 @@ AXES = {
     "poison_ratio": "attack.settings.poison_ratio",
     "sample_num": "attack.settings.sample_num",
     "task": "attack.task",
+    "defense": "attack.defense",
     "attack_lr": "attack.settings.learning_rate",
     "attack_epochs": "attack.settings.num_train_epochs",
     "seed": "seed",
 }
-SUMMARY_COLUMNS = ["cell", "method", "rho", "num_active_layers", "poison_ratio", "sample_num", "task", "attack_lr",
-                   "attack_epochs", "seed", "hs_keyword_before", "hs_keyword", "hs_classifier", "hs_beaver_dam",
-                   "over_refusal", "fa", "fa_strict", "align_s", "attack_s", "eval_s", "align_peak_rss_mb",
+SUMMARY_COLUMNS = ["cell", "method", "defense", "rho", "num_active_layers", "poison_ratio", "sample_num", "task",
+                   "attack_lr", "attack_epochs", "seed", "hs_keyword_before", "hs_keyword", "hs_classifier",
+                   "hs_beaver_dam", "over_refusal", "fa", "fa_strict", "align_s", "attack_s", "eval_s", "align_peak_rss_mb",
                    "attack_peak_rss_mb", "align_dir", "attack_dir", "eval_dir"]
 
 
