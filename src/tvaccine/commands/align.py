@@ -15,8 +15,9 @@ METHOD_NAMES = ["booster", "random-vaccine", "repnoise", "sft", "tar", "tar-tvac
 def register(sub) -> None:
     p = sub.add_parser(
         "align", help="align a model (LoRA) with a safety method",
-        description="Align a model with SFT, Vaccine or T-Vaccine. Any setting of the method's config can be "
-                    "given as --name value after the options below (e.g. --rho 3 --max-steps 10).",
+        description="Align a model with T-Vaccine, a baseline (SFT, Vaccine, RepNoise, TAR, Booster) or an ablation "
+                    "(docs/methods.md). Any setting of the method's config can be given as --name value after the "
+                    "options below (e.g. --rho 3 --max-steps 10).",
     )
     p.add_argument("--method", required=True, choices=METHOD_NAMES)
     p.add_argument("--model", required=True, help="hub id, local folder, or smollm2-135m (embedded, offline)")
