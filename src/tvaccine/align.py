@@ -9,7 +9,7 @@ from pathlib import Path
 from tvaccine import CITATION
 from tvaccine.errors import UserError
 from tvaccine.io import atomic_write_json, atomic_write_text, package_versions
-from tvaccine.training import train_resumable
+from tvaccine.training import mean_train_loss, save_trained, train_resumable
 
 ADAPTER_FILE = "adapter_model.safetensors"
 SETTINGS_FILE = "tvaccine_config.json"
@@ -70,13 +70,16 @@ def trainer_inputs(trainer_cls, config, d: AlignmentData) -> dict:
 
 
 def align(method: str, model: str, data: str, output: str, config, harmful_data: str | None = None,
-          dtype: str | None = None, model_obj=None, tokenizer=None, callbacks=None) -> dict:
+          dtype: str | None = None, model_obj=None, tokenizer=None, callbacks: list | None = None) -> dict:
     """Align ``model`` with ``method`` on ``data``; returns the summary written to ``output/train_results.json``.
 
     ``harmful_data`` (harmful prompt → harmful answer) is what T-Vaccine probes for layer importance and what
-    RepNoise, TAR and Booster train against. A rerun of an interrupted alignment resumes from the last Trainer
-    checkpoint in ``output/checkpoints``.
+    RepNoise, TAR and Booster train against; ``callbacks`` are extra ``TrainerCallback``s. A rerun of an
+    interrupted alignment resumes from the last complete Trainer checkpoint in ``output/checkpoints``. In a
+    distributed run every process calls this and the main process writes the outputs.
     """
+
+    from transformers import set_seed
 
     from tvaccine.lora import add_lora
     from tvaccine.methods import METHODS
@@ -92,18 +95,21 @@ def align(method: str, model: str, data: str, output: str, config, harmful_data:
                               config.max_length, config.harmful_data_limit())
     inputs = trainer_inputs(trainer_cls, config, data_spec)
     base = model_obj if model_obj is not None else load_model(model, dtype)
+    set_seed(config.seed)  # the LoRA initialisation follows the seed (and is the same on every rank)
     peft_model = add_lora(base, config.lora_r, config.lora_alpha, config.lora_dropout, config.lora_target_modules)
     trainer = trainer_cls(model=peft_model, args=config, callbacks=callbacks, **inputs)
     train_rows = inputs["train_dataset"]
     result, wall = train_resumable(trainer)
 
-    peft_model.save_pretrained(output, safe_serialization=True)
+    is_main = save_trained(trainer, output)
     # attack_mode: how the method's threat model has the attacker meet the adapter (`tvaccine attack` defaults to it)
     settings = {"method": method, "model": str(model), "data": str(data), "harmful_data": harmful_data,
                 "attack_mode": getattr(config, "attack_mode", "fresh"), "config": json.loads(config.to_json_string())}
-    summary = {"method": method, "steps": result.global_step, "train_loss": result.training_loss,
+    summary = {"method": method, "steps": result.global_step, "train_loss": mean_train_loss(trainer, result),
                "wall_s": wall, "s_per_step": wall / max(result.global_step, 1),
                "train_rows": len(train_rows), "versions": package_versions()}
+    if not is_main:  # in a distributed run the main process writes the outputs
+        return summary
     atomic_write_json(output / "log_history.json", trainer.state.log_history)
     atomic_write_json(output / "train_results.json", summary)
     atomic_write_text(output / "README.md", model_card(method, model, config))

@@ -25,7 +25,7 @@ from pathlib import Path
 from tvaccine.errors import UserError
 from tvaccine.io import atomic_write_json, package_versions
 from tvaccine.methods.config import LoraTrainingConfig
-from tvaccine.training import train_resumable
+from tvaccine.training import mean_train_loss, save_trained, train_resumable
 
 MODES = ("fresh", "continue", "full")
 DEFENSES = ("none", "lisa")
@@ -207,12 +207,12 @@ def attack(model: str, output: str | Path, config: AttackConfig, aligned: str | 
                           data_collator=CausalCollator(tokenizer.pad_token_id), **extra)
     result, wall = train_resumable(trainer)
 
-    net.save_pretrained(output, safe_serialization=True)
-    if config.mode == "full":
+    is_main = save_trained(trainer, output)
+    if config.mode == "full" and is_main:
         tokenizer.save_pretrained(output)  # a full model folder loads on its own
     losses = [e["loss"] for e in trainer.state.log_history if "loss" in e]
     summary = {"stage": "attack", "mode": config.mode, "defense": config.defense, "steps": result.global_step,
-               "train_loss": result.training_loss, "first_loss": losses[0] if losses else None,
+               "train_loss": mean_train_loss(trainer, result), "first_loss": losses[0] if losses else None,
                "last_loss": losses[-1] if losses else None, "wall_s": wall,
                "s_per_step": wall / max(result.global_step, 1), "train_rows": len(enc.rows),
                "dropped_rows": enc.dropped, "versions": package_versions()}
@@ -221,6 +221,8 @@ def attack(model: str, output: str | Path, config: AttackConfig, aligned: str | 
                 "alignment_data_sha256": file_sha256(alignment_data) if alignment_data else None,
                 "lora_alpha": None if config.mode != "fresh" else config.alpha_for(task),
                 "config": json.loads(config.to_json_string())}
+    if not is_main:  # in a distributed run the main process writes the outputs
+        return AttackRun(summary, net)
     atomic_write_json(output / "log_history.json", trainer.state.log_history)
     atomic_write_json(output / "train_results.json", summary)
     atomic_write_json(output / SETTINGS_FILE, settings)  # written last: its presence marks a finished run

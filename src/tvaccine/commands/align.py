@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 
+from tvaccine import launch
 from tvaccine.errors import UserError
 
 
@@ -29,6 +30,7 @@ def register(sub) -> None:
     p.add_argument("--config", help="YAML recipe (e.g. configs/tvaccine.yaml); --name value overrides it")
     p.add_argument("--dtype", default=None, help="model weights dtype: auto, float32, bfloat16, float16")
     p.add_argument("--overwrite", action="store_true", help="train again even if OUTPUT holds a finished run")
+    launch.add_arguments(p)
     p.set_defaults(run=run, accepts_overrides=True)
 
 
@@ -55,9 +57,15 @@ def run(args: argparse.Namespace, extra: list[str]) -> int:
         import shutil
         from pathlib import Path
 
+        from tvaccine.align import SETTINGS_FILE
+
         shutil.rmtree(Path(args.output) / "checkpoints", ignore_errors=True)
+        (Path(args.output) / SETTINGS_FILE).unlink(missing_ok=True)  # no longer a finished run
+    if launch.requested(args):
+        return launch.relaunch(args)
     summary = align(args.method, args.model, args.data, args.output, config, harmful_data=args.harmful_data,
                     dtype=args.dtype)
-    print(f"{args.method}: {summary['steps']} steps, {summary['s_per_step']:.2f} s/step, "
-          f"loss {summary['train_loss']:.4f}; adapter saved to {args.output}")
+    if config.should_save:  # the main process; in a distributed run it alone saved
+        print(f"{args.method}: {summary['steps']} steps, {summary['s_per_step']:.2f} s/step, "
+              f"loss {summary['train_loss']:.4f}; adapter saved to {args.output}")
     return 0

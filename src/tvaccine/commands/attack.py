@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import argparse
 
+from tvaccine import launch
+
 
 def register(sub) -> None:
     from tvaccine.data.tasks import TASKS
@@ -34,6 +36,7 @@ def register(sub) -> None:
                         "adapter's recorded alignment and probe files are checked too)")
     p.add_argument("--strict-disjoint", action="store_true", help="a shared harmful prompt is an error")
     p.add_argument("--overwrite", action="store_true", help="train again even if OUTPUT holds a finished run")
+    launch.add_arguments(p)
     # No prefix matching: an override such as --mode must not be taken for --model.
     p.set_defaults(run=run, accepts_overrides=True)
 
@@ -58,11 +61,17 @@ def run(args: argparse.Namespace, extra: list[str]) -> int:
         import shutil
         from pathlib import Path
 
+        from tvaccine.attack import SETTINGS_FILE
+
         shutil.rmtree(Path(args.output) / "checkpoints", ignore_errors=True)
+        (Path(args.output) / SETTINGS_FILE).unlink(missing_ok=True)  # no longer a finished run
+    if launch.requested(args):
+        return launch.relaunch(args)
     s = attack(args.model, args.output, config, aligned=args.aligned, task=args.task, data=args.data,
                harmful=args.harmful, task_data=args.task_data, dtype=args.dtype, disjoint_from=args.disjoint_from,
                strict_disjoint=args.strict_disjoint, alignment_data=args.alignment_data).summary
-    defense = "" if s["defense"] == "none" else f", defense {s['defense']}"
-    print(f"attack ({s['mode']}{defense}): {s['steps']} steps, {s['s_per_step']:.2f} s/step, "
-          f"loss {s['first_loss']:.4f} → {s['last_loss']:.4f}; saved to {args.output}")
+    if config.should_save:  # the main process; in a distributed run it alone saved
+        defense = "" if s["defense"] == "none" else f", defense {s['defense']}"
+        print(f"attack ({s['mode']}{defense}): {s['steps']} steps, {s['s_per_step']:.2f} s/step, "
+              f"loss {s['first_loss']:.4f} → {s['last_loss']:.4f}; saved to {args.output}")
     return 0

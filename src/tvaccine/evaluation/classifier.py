@@ -147,9 +147,9 @@ def train_classifier(rows: list[dict], output: str | Path, test_fraction: float 
                      sources: dict | None = None) -> dict:
     """Train on a seeded split, measure on the held-out part, save the model trained on the train part."""
     import torch
-    from safetensors.torch import save_file
+    from safetensors.torch import save
 
-    from tvaccine.io import atomic_write_json
+    from tvaccine.io import atomic_write_bytes, atomic_write_json
 
     train, test = split_rows(rows, test_fraction, seed)
     for name, part in (("training", train), ("held-out", test)):
@@ -177,8 +177,10 @@ def train_classifier(rows: list[dict], output: str | Path, test_fraction: float 
         "data": sources or {},
     }
     out = Path(output)
-    out.mkdir(parents=True, exist_ok=True)
-    save_file({"weight": w.contiguous(), "bias": b.contiguous()}, str(out / WEIGHTS))
+    # CONFIG marks a complete classifier: drop the old one first, so that an interrupted retraining never pairs
+    # new weights with the old settings and metrics.
+    (out / CONFIG).unlink(missing_ok=True)
+    atomic_write_bytes(out / WEIGHTS, save({"weight": w.contiguous(), "bias": b.contiguous()}))
     atomic_write_json(out / CONFIG, meta)
     return meta
 

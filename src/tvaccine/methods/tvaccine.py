@@ -50,10 +50,19 @@ class TVaccineConfig(VaccineConfig):
                   f"{NEIGHBOR_MIN_LAYERS} layers (the original code's behaviour)"},
     )
 
+    # The trainable set changes between steps: under DDP the frozen layers' LoRA is unused in a step, which DDP
+    # must be told (and must not assume a static graph), or ranks diverge at step 0 and step 1 fails.
+    ddp_find_unused_parameters: bool | None = field(
+        default=True, metadata={"help": "must stay true: the trained layers change between steps"})
+
     method = "tvaccine"
 
     def __post_init__(self):
         super().__post_init__()
+        self._check(self.ddp_find_unused_parameters is not False, "ddp_find_unused_parameters",
+                    "must be true for T-Vaccine (the trained layers change between steps)")
+        self._check(not self.ddp_static_graph, "ddp_static_graph",
+                    "must be false for T-Vaccine (the trained layers change between steps)")
         self._check(self.num_active_layers >= 1, "num_active_layers", "must be at least 1")
         self._check(self.layer_resample_steps >= 1, "layer_resample_steps", "must be at least 1")
         self._check(self.importance_update_steps >= 1, "importance_update_steps", "must be at least 1")
@@ -106,14 +115,15 @@ class TVaccineTrainer(VaccineTrainer):
                             "--harmful-data)")
         self.probe_dataset = harmful_dataset
         self.schedule = LayerSchedule(torch.Generator().manual_seed(a.seed))
-        # The trainable (LoRA) parameters of each layer, split by whether they sit in the attention sub-module.
-        # All of them require grad now, when the optimizer (and a DDP wrapper) is built over them.
-        self._attn_params, self._other_params = [], []
+        # The names of the trainable (LoRA) parameters of each layer, split by whether they sit in the attention
+        # sub-module. All of them require grad now, when the optimizer and a DDP/DeepSpeed/FSDP wrapper are built
+        # over them. Names, not the tensors: FSDP2 replaces each parameter by a sharded one when it wraps the model.
+        self._attn_names, self._other_names = [], []
         for layer, attn in zip(self.decoder.layers, self.decoder.attentions):
             in_attn = {id(p) for p in attn.parameters()}
-            trainable = [p for p in layer.parameters() if p.requires_grad]
-            self._attn_params.append([p for p in trainable if id(p) in in_attn])
-            self._other_params.append([p for p in trainable if id(p) not in in_attn])
+            trainable = [(n, p) for n, p in layer.named_parameters() if p.requires_grad]
+            self._attn_names.append([n for n, p in trainable if id(p) in in_attn])
+            self._other_names.append([n for n, p in trainable if id(p) not in in_attn])
         if a.checkpoint_inactive:
             self._enable_layer_checkpointing()
 
@@ -140,7 +150,7 @@ class TVaccineTrainer(VaccineTrainer):
         s, a, step = self.schedule, self.args, self.state.global_step
         if s.step != step or s.active is None:
             if s.probs is None or step % a.importance_update_steps == 0:
-                s.probs = self.layer_importance(model).tolist()
+                s.probs = self._from_main_process(self.layer_importance(model)).tolist()
                 self.state.log_history.append({"step": step, "tvaccine/layer_probs": s.probs})
             if s.active is None or step % a.layer_resample_steps == 0:
                 probs = torch.tensor(s.probs)
@@ -152,14 +162,25 @@ class TVaccineTrainer(VaccineTrainer):
             s.step = step
         self._activate(s.active)
 
+    def _from_main_process(self, probs: torch.Tensor) -> torch.Tensor:
+        """Rank 0's P on every rank. Every rank runs the probe pass on the same probe batch (its forward is a
+        collective under DDP's buffer broadcast and ZeRO-3's gathers), but LoRA dropout, and so P, can differ
+        between ranks; with one P and one identically seeded generator per rank, every rank draws the same layers."""
+        if self.accelerator.num_processes == 1:
+            return probs
+        from accelerate.utils import broadcast
+
+        return broadcast(probs.to(self.accelerator.device), from_process=0).cpu()
+
     def _activate(self, active: list[int]) -> None:
         """Only the active layers' LoRA trains; the rest are frozen and (optionally) checkpointed."""
         on = set(active)
-        for i in range(len(self.decoder)):
-            for p in self._attn_params[i]:
-                p.requires_grad_(i in on)
-            for p in self._other_params[i]:
-                p.requires_grad_(i in on or self.args.freeze_scope == "attention")
+        for i, layer in enumerate(self.decoder.layers):
+            params = dict(layer.named_parameters())
+            for name in self._attn_names[i]:
+                params[name].requires_grad_(i in on)
+            for name in self._other_names[i]:
+                params[name].requires_grad_(i in on or self.args.freeze_scope == "attention")
         if self.args.checkpoint_inactive:
             keep = set(on)
             if self.args.neighbor_uncheckpointed and len(self.decoder) > NEIGHBOR_MIN_LAYERS:
