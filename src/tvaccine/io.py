@@ -11,6 +11,10 @@ from typing import Any, Iterable
 
 def atomic_write_text(path: str | os.PathLike, text: str) -> None:
     path = Path(path)
+    if path.is_dir():
+        from tvaccine.errors import UserError
+
+        raise UserError(f"{path}: is a folder; give a file path")
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:

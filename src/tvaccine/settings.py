@@ -4,6 +4,9 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import math
+import types
+import typing
 from pathlib import Path
 from typing import Any
 
@@ -14,14 +17,22 @@ from tvaccine.errors import UserError
 
 def read_yaml(path: str | Path) -> dict:
     path = Path(path)
+    if path.is_dir():
+        raise UserError(f"{path}: is a folder, not a YAML file")
     if not path.is_file():
         raise UserError(f"{path}: no such file")
     try:
-        data = yaml.safe_load(path.read_text(encoding="utf-8"))
+        text = path.read_text(encoding="utf-8-sig")
+        data = yaml.safe_load(text)
+    except yaml.reader.ReaderError as err:  # a character YAML does not allow (NUL, other control characters)
+        line = text.count("\n", 0, err.position) + 1
+        raise UserError(f"{path}:{line}: invalid YAML (character {err.character!r} is not allowed)") from err
     except yaml.YAMLError as err:
         mark = getattr(err, "problem_mark", None)
         where = f":{mark.line + 1}" if mark else ""
         raise UserError(f"{path}{where}: invalid YAML ({getattr(err, 'problem', err)})") from err
+    except RecursionError as err:
+        raise UserError(f"{path}: invalid YAML (nested too deeply)") from err
     except UnicodeDecodeError as err:
         raise UserError(f"{path}: not UTF-8 text") from err
     if data is None:
@@ -60,19 +71,70 @@ def parse_overrides(tokens: list[str]) -> dict[str, Any]:
 
 
 def build_config(cls: type, *layers: dict, where: list[str] | None = None) -> Any:
-    """Instantiate ``cls`` from merged setting dicts; an unknown key names its source and the closest field."""
+    """Instantiate ``cls`` from merged setting dicts; an unknown key names its source and the closest field, a value
+    of the wrong type names its source and field."""
     names = {f.name for f in dataclasses.fields(cls) if f.init}
+    hints = typing.get_type_hints(cls)
     merged: dict[str, Any] = {}
+    source: dict[str, str] = {}
     for n, layer in enumerate(layers):
+        src = where[n] if where else "settings"
+        if not isinstance(layer, dict):
+            raise UserError(f"{src}: expected a mapping of settings, got {type(layer).__name__}")
         for key, value in layer.items():
             if key not in names:
-                hint = difflib.get_close_matches(key, names, n=1)
-                src = where[n] if where else "settings"
+                hint = difflib.get_close_matches(str(key), names, n=1)
                 raise UserError(f"{src}: unknown setting '{key}'" + (f" (did you mean '{hint[0]}'?)" if hint else ""))
-            merged[key] = value
+            merged[key] = typed_value(value, hints[key], f"{src}: {key}")
+            source[key] = src
     try:
         return cls(**merged)
-    except UserError:
+    except UserError as err:
+        field = getattr(err, "field", None)
+        if field in source:  # name the recipe or the command line the bad value came from
+            raise UserError(f"{source[field]}: {err}") from err
         raise
-    except (TypeError, ValueError) as err:
-        raise UserError(f"{cls.__name__}: {err}") from err
+    except (TypeError, ValueError) as err:  # TrainingArguments' own checks: name where the settings came from
+        raise UserError(f"{', '.join(dict.fromkeys(source.values())) or cls.__name__}: {err}") from err
+
+
+_WORDS = {bool: "true or false", int: "an integer", float: "a number", str: "a string", dict: "a mapping",
+          list: "a list of strings", type(None): "null"}
+
+
+def typed_value(value: Any, hint: Any, where: str) -> Any:
+    """``value`` checked against a config field's annotation, or a UserError naming ``where``. Integers pass for
+    floats, integral floats (YAML's ``1e3``) for integers, numbers for strings and a string for a list of strings
+    (comma-separated); NaN and infinity never pass. Annotations this does not know (enums, accelerate objects)
+    pass."""
+    options = typing.get_args(hint) if typing.get_origin(hint) in (typing.Union, types.UnionType) else (hint,)
+    options = tuple(typing.get_origin(o) or o for o in options)  # list[str] → list, dict[str, Any] → dict
+    if value is None and type(None) in options:
+        return None
+    if isinstance(value, bool):
+        if bool in options:
+            return value
+    elif isinstance(value, (int, float)):
+        if isinstance(value, float) and not math.isfinite(value) and (int in options or float in options):
+            raise UserError(f"{where}: must be a finite number (got {value!r})")
+        if float in options:
+            return value
+        if int in options and float(value).is_integer():
+            return int(value)
+        if str in options:
+            return str(value)
+    elif isinstance(value, str):
+        if str in options:
+            return value
+        if list in options:  # "q_proj,v_proj" on the command line
+            return [v.strip() for v in value.split(",") if v.strip()]
+    elif isinstance(value, list):
+        if list in options and all(isinstance(v, str) for v in value):
+            return value
+    elif isinstance(value, dict) and dict in options:
+        return value
+    known = [o for o in options if o in _WORDS]
+    if len(known) < len(options):  # a type this check does not model: leave it to the config class
+        return value
+    shown = repr(value) if len(repr(value)) <= 80 else repr(value)[:77] + "..."
+    raise UserError(f"{where}: must be {' or '.join(_WORDS[o] for o in known)} (got {shown})")
