@@ -56,7 +56,7 @@ def test_bad_task_label_names_the_file(model_dir, tmp_path, capsys):
     task = _write(tmp_path / "t.jsonl", [{"instruction": "x", "input": "y", "output": "neutral"}])
     code = main(["eval", "--model", str(model_dir), "--task", "sst2", "--task-data", task,
                  "--output", str(tmp_path / "o")])
-    assert code == 2 and "t.jsonl: row 0" in capsys.readouterr().err
+    assert code == 2 and "t.jsonl:1: answer 'neutral' is not a sst2 label" in capsys.readouterr().err
 
 
 def test_prompt_formats(tmp_path):

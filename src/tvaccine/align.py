@@ -83,17 +83,20 @@ def align(method: str, model: str, data: str, output: str, config, harmful_data:
 
     from tvaccine.lora import add_lora
     from tvaccine.methods import METHODS
-    from tvaccine.models import load_model, load_tokenizer
+    from tvaccine.models import load_model, load_tokenizer, model_skeleton, torch_dtype
 
     _, trainer_cls = METHODS[method]
     output = Path(output)
     config.output_dir = str(output / "checkpoints")
     if config.needs_harmful_data() and not harmful_data:
         raise UserError(f"--harmful-data: {method} needs a harmful file (harmful prompt → harmful answer rows)")
+    torch_dtype(dtype)
     tokenizer = tokenizer or load_tokenizer(model)
     data_spec = AlignmentData(tokenizer, data, harmful_data if config.needs_harmful_data() else None,
                               config.max_length, config.harmful_data_limit())
     inputs = trainer_inputs(trainer_cls, config, data_spec)
+    # Settings that depend on the model (layer count, LoRA targets) fail here, before its weights load.
+    config.check_model(model_obj if model_obj is not None else model_skeleton(model))
     base = model_obj if model_obj is not None else load_model(model, dtype)
     set_seed(config.seed)  # the LoRA initialisation follows the seed (and is the same on every rank)
     peft_model = add_lora(base, config.lora_r, config.lora_alpha, config.lora_dropout, config.lora_target_modules)

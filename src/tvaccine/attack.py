@@ -80,20 +80,30 @@ def is_finished(output: str | Path) -> bool:
 
 def build_attack_rows(output: Path, config: AttackConfig, task: str | None, data: str | None,
                       harmful: str | None, task_data: str | None, aligned: str | None,
-                      disjoint_from: list[str], strict_disjoint: bool) -> tuple[list[dict], dict]:
-    """The attack rows and a description of where they came from; a built set is written with its manifest."""
+                      disjoint_from: list[str], strict_disjoint: bool, encode=None) -> tuple[list[dict], dict]:
+    """The attack rows and a description of where they came from; a built set is written with its manifest.
+
+    ``encode(rows, where)``, if given, runs on the rows before anything is written, and its result is returned in
+    place of the rows: a set that cannot be trained on (every answer cut off by max_length) leaves no file behind.
+    """
     from tvaccine.data.files import file_sha256, load_instruction_file
 
-    from tvaccine.data.overlap import write_checked
+    from tvaccine.data.overlap import check_disjoint, file_prompts, write_checked
     from tvaccine.data.sets import attack_set, manifest_path, manifest_summary
     from tvaccine.data.sources import load_source
     from tvaccine.data.tasks import get_task
 
+    encode = encode or (lambda rows, where: rows)
+    others = list(disjoint_from) + aligned_data_files(aligned)
     if data:
+        rows = encode(load_instruction_file(data), str(data))
+        if disjoint_from:  # a ready set is not written here, but the prompt-leak check still applies
+            check_disjoint({str(data): file_prompts(data), **{str(f): file_prompts(f) for f in others}},
+                           strict_disjoint)
         info = {"data": str(data), "sha256": file_sha256(data)}
         if manifest_path(data).is_file():  # a set written by `tvaccine data attack`
             info["manifest"] = str(manifest_path(data))
-        return load_instruction_file(data), info
+        return rows, info
     if task is None:
         raise UserError("--task: name the task (sst2, agnews, gsm8k) or pass a ready attack set with --data")
 
@@ -101,11 +111,11 @@ def build_attack_rows(output: Path, config: AttackConfig, task: str | None, data
     dataset = attack_set(load_source(harmful or BEAVERTAILS_TRAIN, "harmful"),
                          load_source(task_data or f"{spec.hub_id}:{spec.train_split}", f"task:{spec.name}"),
                          config.poison_ratio, config.sample_num, config.seed)
-    others = list(disjoint_from) + aligned_data_files(aligned)
+    rows = encode(dataset.records, str(output / ATTACK_SET_FILE))
     manifest = write_checked(dataset, str(output / ATTACK_SET_FILE), others, strict_disjoint)
     print(manifest_summary(output / ATTACK_SET_FILE, manifest))
-    return dataset.records, {"data": str(output / ATTACK_SET_FILE), "sha256": manifest["sha256"],
-                             "manifest": str(manifest_path(output / ATTACK_SET_FILE))}
+    return rows, {"data": str(output / ATTACK_SET_FILE), "sha256": manifest["sha256"],
+                  "manifest": str(manifest_path(output / ATTACK_SET_FILE))}
 
 
 def aligned_data_files(aligned: str | None) -> list[str]:
@@ -116,7 +126,8 @@ def aligned_data_files(aligned: str | None) -> list[str]:
     if not settings.is_file():
         return []
     recorded = json.loads(settings.read_text(encoding="utf-8"))
-    return [p for p in (recorded.get("data"), recorded.get("harmful_data", recorded.get("probe_data"))) if p and Path(p).is_file()]
+    files = (recorded.get("data"), recorded.get("harmful_data", recorded.get("probe_data")))
+    return [p for p in files if p and Path(p).is_file()]
 
 
 def resolve_mode(mode: str | None, aligned: str | None) -> str:
@@ -136,22 +147,26 @@ def resolve_mode(mode: str | None, aligned: str | None) -> str:
     return mode
 
 
+def check_aligned(config: AttackConfig, aligned: str | None) -> None:
+    if aligned and not (Path(aligned) / "adapter_config.json").is_file():
+        raise UserError(f"{aligned}: not an adapter folder (no adapter_config.json)")
+    if not aligned and config.mode == "continue":
+        raise UserError("--mode continue: needs an aligned adapter to keep training (--aligned ADAPTER)")
+
+
 def prepare_model(base, config: AttackConfig, aligned: str | None, task: str | None):
     """The model the attack trains, per ``config.mode``; only the weights the mode names require grad."""
     from transformers import set_seed
 
     from tvaccine.lora import add_lora
 
+    check_aligned(config, aligned)
     if aligned:
         from peft import PeftModel
 
-        if not (Path(aligned) / "adapter_config.json").is_file():
-            raise UserError(f"{aligned}: not an adapter folder (no adapter_config.json)")
         if config.mode == "continue":
             return PeftModel.from_pretrained(base, aligned, is_trainable=True)
         base = PeftModel.from_pretrained(base, aligned).merge_and_unload()
-    elif config.mode == "continue":
-        raise UserError("--mode continue: needs an aligned adapter to keep training (--aligned ADAPTER)")
     if config.mode == "full":
         for p in base.parameters():
             p.requires_grad_(True)
@@ -179,7 +194,7 @@ def attack(model: str, output: str | Path, config: AttackConfig, aligned: str | 
 
     from tvaccine.data.files import file_sha256, load_instruction_file
     from tvaccine.data.tokenize import CausalCollator, encode_for_training
-    from tvaccine.models import load_model, load_tokenizer
+    from tvaccine.models import load_model, load_tokenizer, model_skeleton, torch_dtype
 
     aligned = None if aligned in (None, "", "none") else str(aligned)
     if config.defense == "lisa" and not alignment_data:
@@ -189,20 +204,26 @@ def attack(model: str, output: str | Path, config: AttackConfig, aligned: str | 
     config.mode = resolve_mode(config.mode, aligned)
     task = task.lower().replace("_", "") if task else None
     output = Path(output)
-    output.mkdir(parents=True, exist_ok=True)
     config.output_dir = str(output / "checkpoints")
-    rows, data_info = build_attack_rows(output, config, task, data, harmful, task_data, aligned,
-                                        list(disjoint_from), strict_disjoint)
+    # Everything the user can get wrong fails here, before a model loads or OUTPUT is written.
+    torch_dtype(dtype)
+    check_aligned(config, aligned)
+    config.check_model(model_obj if model_obj is not None else model_skeleton(model))
     tokenizer = tokenizer or load_tokenizer(model)
-    enc = encode_for_training(tokenizer, rows, config.max_length, "attack data", data_info["data"])
-    trainer_cls, extra = Trainer, {}
+    alignment_rows = None
     if config.defense == "lisa":
+        alignment_rows = encode_for_training(tokenizer, load_instruction_file(alignment_data), config.max_length,
+                                             "alignment data", alignment_data).rows
+    enc, data_info = build_attack_rows(
+        output, config, task, data, harmful, task_data, aligned, list(disjoint_from), strict_disjoint,
+        encode=lambda rows, where: encode_for_training(tokenizer, rows, config.max_length, "attack data", where))
+    net = prepare_model(model_obj if model_obj is not None else load_model(model, dtype), config, aligned, task)
+    output.mkdir(parents=True, exist_ok=True)
+    trainer_cls, extra = Trainer, {}
+    if alignment_rows is not None:
         from tvaccine.lisa import LisaTrainer
 
-        trainer_cls = LisaTrainer
-        extra["alignment_dataset"] = encode_for_training(tokenizer, load_instruction_file(alignment_data),
-                                                         config.max_length, "alignment data", alignment_data).rows
-    net = prepare_model(model_obj if model_obj is not None else load_model(model, dtype), config, aligned, task)
+        trainer_cls, extra = LisaTrainer, {"alignment_dataset": alignment_rows}
     trainer = trainer_cls(model=net, args=config, train_dataset=enc.rows,
                           data_collator=CausalCollator(tokenizer.pad_token_id), **extra)
     result, wall = train_resumable(trainer)

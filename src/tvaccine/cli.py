@@ -6,6 +6,7 @@ Heavy imports (torch, transformers) happen inside ``run`` so that ``tvaccine --h
 from __future__ import annotations
 
 import argparse
+import errno
 import importlib
 import sys
 
@@ -28,6 +29,17 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+# Failures of the file system that the user fixes (a read-only or full disk, a missing permission), not bugs.
+USER_OS_ERRORS = {errno.EACCES, errno.EPERM, errno.ENOSPC, errno.EROFS, errno.EDQUOT, errno.ENAMETOOLONG}
+MAX_ERROR_CHARS = 1000
+
+
+def one_line(message: str) -> str:
+    """An error as one bounded line: messages can quote data (a 5 MB field, a value with newlines)."""
+    message = "\\n".join(message.splitlines())  # every line break str.splitlines knows, U+2028 included
+    return message if len(message) <= MAX_ERROR_CHARS else message[: MAX_ERROR_CHARS - 1] + "…"
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args, extra = parser.parse_known_args(argv)
@@ -37,7 +49,12 @@ def main(argv: list[str] | None = None) -> int:
     try:
         return int(args.run(args, extra) or 0)
     except UserError as err:
-        print(f"tvaccine: error: {err}", file=sys.stderr)
+        print(f"tvaccine: error: {one_line(str(err))}", file=sys.stderr)
+        return 2
+    except OSError as err:
+        if err.errno not in USER_OS_ERRORS:
+            raise
+        print(f"tvaccine: error: {one_line(f'{err.filename}: {err.strerror}')}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("tvaccine: interrupted; rerun the same command to resume", file=sys.stderr)

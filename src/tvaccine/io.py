@@ -13,6 +13,10 @@ def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:
     """Write ``data`` to a temporary file beside ``path``, flush it to disk, then rename it over ``path``: a reader
     (a rerun) sees the old file or the new one, never a torn one."""
     path = Path(path)
+    if path.is_dir():
+        from tvaccine.errors import UserError
+
+        raise UserError(f"{path}: is a folder; give a file path")
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:

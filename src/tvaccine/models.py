@@ -12,6 +12,7 @@ import importlib.util
 import os
 import shutil
 import tempfile
+from contextlib import contextmanager
 from pathlib import Path
 
 from tvaccine.errors import UserError
@@ -83,9 +84,11 @@ def resolve_model_path(name: str | os.PathLike) -> str:
     if is_embedded(name):
         return str(embedded_model_dir())
     if os.path.isdir(name):
-        if not (Path(name) / "config.json").exists():
+        if not (Path(name) / "config.json").is_file():
             raise UserError(f"{name}: not a model folder (no config.json)")
         return name
+    if os.path.isfile(name):
+        raise UserError(f"{name}: is a file; --model takes a model folder, a hub id or '{EMBEDDED_NAME}'")
     if name.startswith((".", "/", "~")) or os.sep in name.strip("/").replace("/", "", 1):
         raise UserError(f"{name}: no such model folder")
     return name  # a hub id
@@ -127,31 +130,67 @@ def _hub_error(name: str, err: Exception) -> UserError:
     )
 
 
+@contextmanager
+def loading(name: str, path: str):
+    """Turn a failure inside ``from_pretrained`` into one line naming the model: a damaged local folder (bad
+    config.json, truncated safetensors, unknown architecture) or an unreachable hub id is the user's to fix."""
+    try:
+        yield
+    except UserError:
+        raise
+    except Exception as err:  # transformers, safetensors and huggingface_hub raise many types for a bad folder
+        if not os.path.isdir(path):
+            raise _hub_error(name, err) from err
+        first = (str(err).strip().splitlines() or [""])[0][:300]
+        raise UserError(f"{name}: not a loadable model folder ({type(err).__name__}: {first})") from err
+
+
+def torch_dtype(dtype: str | None):
+    """``--dtype`` as ``from_pretrained`` takes it; checked before anything loads."""
+    if dtype in (None, "auto"):
+        return "auto"
+    import torch
+
+    value = getattr(torch, str(dtype), None)
+    if not isinstance(value, torch.dtype) or not value.is_floating_point:
+        raise UserError(f"dtype: unknown value '{dtype}' (use auto, float32, bfloat16 or float16)")
+    return value
+
+
+def model_skeleton(name: str | os.PathLike):
+    """The model's modules on the meta device, built from its config alone (milliseconds, no weights read): what
+    the settings are checked against (layer count, LoRA targets) before a slow load."""
+    import torch
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    path = resolve_model_path(name)
+    with loading(str(name), path):
+        config = AutoConfig.from_pretrained(path, **_hub_kwargs(path))
+        with torch.device("meta"):
+            return AutoModelForCausalLM.from_config(config)
+
+
 def load_tokenizer(name: str | os.PathLike):
     from transformers import AutoTokenizer
 
     path = resolve_model_path(name)
-    try:
+    with loading(str(name), path):
         tok = AutoTokenizer.from_pretrained(path, **_hub_kwargs(path))
-    except OSError as err:
-        raise _hub_error(str(name), err) from err
     if tok.pad_token is None:
         tok.pad_token = tok.eos_token
     return tok
 
 
 def load_model(name: str | os.PathLike, dtype: str | None = None, trust_remote_code: bool = False):
-    """Load a causal LM. ``dtype``: None/"auto" keeps the checkpoint's, or "float32", "bfloat16", "float16"."""
-    import torch
+    """Load a causal LM. ``dtype``: None/"auto" keeps the checkpoint's, or "float32", "bfloat16", "float16".
+
+    ``trust_remote_code`` stays False unless a caller passes True: a model folder's own Python code never runs.
+    """
     from transformers import AutoModelForCausalLM
 
     path = resolve_model_path(name)
-    torch_dtype = "auto" if dtype in (None, "auto") else getattr(torch, dtype, None)
-    if torch_dtype is None:
-        raise UserError(f"dtype: unknown value '{dtype}' (use auto, float32, bfloat16 or float16)")
-    try:
+    dtype = torch_dtype(dtype)
+    with loading(str(name), path):
         return AutoModelForCausalLM.from_pretrained(
-            path, dtype=torch_dtype, trust_remote_code=trust_remote_code, **_hub_kwargs(path)
+            path, dtype=dtype, trust_remote_code=trust_remote_code, **_hub_kwargs(path)
         )
-    except OSError as err:
-        raise _hub_error(str(name), err) from err

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import copy
 import csv
+import dataclasses
 import hashlib
 import io
 import itertools
@@ -81,7 +82,10 @@ def load_run_config(path: str | Path, overrides: dict | None = None) -> dict:
     return config
 
 
-def check_run_config(config: dict, where: str) -> None:
+def check_run_config(config: dict, where: str, cache: dict | None = None) -> None:
+    """Check a run before any stage starts: its keys and types, every stage's settings (built as the stage builds
+    them, and against the model's structure) and every input file (read in full). ``cache`` shares read files
+    and model structures between the cells of a sweep."""
     unknown = set(config) - RUN_KEYS
     if unknown:
         raise UserError(f"{where}: unknown key(s) {sorted(unknown)}; a run has {sorted(RUN_KEYS)}")
@@ -96,6 +100,131 @@ def check_run_config(config: dict, where: str) -> None:
 
     if method not in METHODS and method != "none":
         raise UserError(f"{where}: align.method '{method}' is not one of none, {', '.join(sorted(METHODS))}")
+    _check_shape(config, where)
+    _check_inputs(config, where, {} if cache is None else cache)
+
+
+def _check_shape(config: dict, where: str) -> None:
+    from dataclasses import fields
+
+    from tvaccine.evaluation.run import EvalSettings
+
+    known = {"align": {"method", "data", "harmful_data", "probe_data", "settings", "by_method", "adapter"},
+             "attack": {"task", "data", "harmful", "task_data", "settings"},
+             "eval": {f.name for f in fields(EvalSettings)} - {"model", "adapters", "dtype"} | {"before_attack"}}
+    for section, keys in known.items():
+        unknown = set(config.get(section) or {}) - keys
+        if unknown:
+            raise UserError(f"{where}: unknown key(s) {sorted(f'{section}.{k}' for k in unknown)}; "
+                            f"{section} has {sorted(keys)}")
+    texts = ["model", "output", "dtype", "align.data", "align.harmful_data", "align.probe_data", "align.adapter",
+             "attack.task", "attack.data", "attack.harmful", "attack.task_data"]
+    for dotted in texts:
+        value = get_path(config, dotted)
+        if value is not None and not isinstance(value, str):
+            raise UserError(f"{where}: {dotted} must be a string (got {value!r})")
+    seed = config.get("seed")
+    if seed is not None and (not isinstance(seed, int) or isinstance(seed, bool)):
+        raise UserError(f"{where}: seed must be an integer (got {seed!r})")
+    by_method = get_path(config, "align.by_method") or {}
+    mappings = {"align.settings": get_path(config, "align.settings"), "align.by_method": by_method,
+                "attack.settings": get_path(config, "attack.settings")}
+    if isinstance(by_method, dict):
+        mappings.update({f"align.by_method.{m}": v for m, v in by_method.items()})
+    for dotted, value in mappings.items():
+        if value is not None and not isinstance(value, dict):
+            raise UserError(f"{where}: {dotted} must be a mapping of settings (got {type(value).__name__})")
+    before = get_path(config, "eval.before_attack")
+    if before is not None and not isinstance(before, bool):
+        raise UserError(f"{where}: eval.before_attack must be true or false (got {before!r})")
+
+
+def _check_inputs(config: dict, where: str, cache: dict) -> None:
+    from tvaccine.attack import BEAVERTAILS_TRAIN, AttackConfig
+    from tvaccine.data.sets import attack_set
+    from tvaccine.data.sources import load_source
+    from tvaccine.data.tasks import get_task
+    from tvaccine.evaluation.run import check_settings, prompt_sets
+    from tvaccine.methods import METHODS
+    from tvaccine.models import model_skeleton, torch_dtype
+    from tvaccine.settings import build_config
+
+    def read(ref: str, view: str = "auto"):
+        if (ref, view) not in cache:
+            cache[ref, view] = load_source(ref, view)
+        return cache[ref, view]
+
+    def against_model(cfg, section: str) -> None:  # the model's structure, built once per sweep
+        if ("model", config["model"]) not in cache:
+            cache["model", config["model"]] = model_skeleton(config["model"])
+        try:
+            cfg.check_model(cache["model", config["model"]])
+        except UserError as err:
+            raise UserError(f"{where}: {section}.settings: {err}") from err
+
+    torch_dtype(config.get("dtype"))
+    spec = config.get("align") or {}
+    method = spec.get("method", "none")
+    if method != "none" and not spec.get("adapter"):
+        cfg = build_config(METHODS[method][0], align_settings(config), where=[f"{where}: align.settings"])
+        if not spec.get("data"):
+            raise UserError(f"{where}: align.data: {method} needs an alignment file")
+        read(spec["data"])
+        harmful = spec.get("harmful_data", spec.get("probe_data"))
+        if cfg.needs_harmful_data():
+            if not harmful:
+                raise UserError(f"{where}: align.harmful_data: {method} needs a harmful file")
+            read(harmful)
+        against_model(cfg, "align")
+    if spec.get("adapter") and not (Path(spec["adapter"]) / "adapter_config.json").is_file():
+        raise UserError(f"{where}: align.adapter: {spec['adapter']} is not an adapter folder (no adapter_config.json)")
+    attack = config.get("attack")
+    if attack:
+        cfg = build_config(AttackConfig, attack_settings(config), where=[f"{where}: attack.settings"])
+        if cfg.mode == "continue" and method == "none" and not spec.get("adapter"):
+            raise UserError(f"{where}: attack.settings.mode continue needs an alignment (align.method or "
+                            f"align.adapter)")
+        if attack.get("data"):
+            read(attack["data"])
+        elif not attack.get("task"):
+            raise UserError(f"{where}: attack.task: name the task (sst2, agnews, gsm8k) or give attack.data")
+        else:  # build the set (not written) to see that both sources have the rows it takes
+            task = get_task(attack["task"])
+            attack_set(read(attack.get("harmful") or BEAVERTAILS_TRAIN, "harmful"),
+                       read(attack.get("task_data") or f"{task.hub_id}:{task.train_split}", f"task:{task.name}"),
+                       cfg.poison_ratio, cfg.sample_num, cfg.seed)
+        if cfg.defense != "none":
+            if not attack.get("alignment_data"):
+                raise UserError(f"{where}: attack.alignment_data: defense {cfg.defense} needs the provider's "
+                                f"alignment rows")
+            read(attack["alignment_data"])
+        against_model(cfg, "attack")
+    settings = eval_settings(config, config["model"], [])
+    check_settings(settings)
+    prompt_sets(settings)
+
+
+def align_settings(config: dict) -> dict:
+    """The alignment settings a run gives its method: ``settings``, then ``by_method.<method>``, then the seed."""
+    spec = config.get("align") or {}
+    method = spec.get("method", "none")
+    # settings: common to every method; by_method.<name>: only for that method (e.g. rho, S for tvaccine)
+    settings = {**(spec.get("settings") or {}), **((spec.get("by_method") or {}).get(method) or {})}
+    settings.setdefault("seed", config.get("seed", 42))
+    return settings
+
+
+def attack_settings(config: dict) -> dict:
+    spec = config.get("attack") or {}
+    settings = dict(spec.get("settings") or {})
+    settings.setdefault("seed", config.get("seed", 42))
+    # attack.defense (or attack.settings.defense) with attack.alignment_data: a fine-tuning-stage defense (Lisa).
+    # Left out of the settings and the hash when none, so undefended stages keep their folders.
+    if spec.get("defense") is not None:
+        settings["defense"] = spec["defense"]
+    if settings.get("defense") == "none":
+        del settings["defense"]
+    return settings
 
 
 @contextmanager
@@ -138,9 +267,7 @@ def run_align(config: dict, root: Path) -> dict | None:
         return None
     from tvaccine.align import align, is_finished
 
-    # settings: common to every method; by_method.<name>: only for that method (e.g. rho, S for tvaccine)
-    settings = {**(spec.get("settings") or {}), **((spec.get("by_method") or {}).get(method) or {})}
-    settings.setdefault("seed", config.get("seed", 42))
+    settings = align_settings(config)
     harmful = spec.get("harmful_data", spec.get("probe_data"))  # probe_data: the older name
     key = stage_hash("align", config["model"], method, settings, file_digest(spec.get("data")),
                      file_digest(harmful))
@@ -166,14 +293,7 @@ def run_attack(config: dict, root: Path, aligned: dict | None) -> dict | None:
     from tvaccine.attack import AttackConfig, attack, is_finished
     from tvaccine.settings import build_config
 
-    settings = dict(spec.get("settings") or {})
-    settings.setdefault("seed", config.get("seed", 42))
-    # attack.defense (or attack.settings.defense) with attack.alignment_data: a fine-tuning-stage defense (Lisa).
-    # Left out of the settings and the hash when none, so undefended stages keep their folders.
-    if spec.get("defense") is not None:
-        settings["defense"] = spec["defense"]
-    if settings.get("defense") == "none":
-        del settings["defense"]
+    settings = attack_settings(config)
     alignment_data = spec.get("alignment_data") if settings.get("defense") else None
     defense_inputs = [file_digest(alignment_data)] if settings.get("defense") else []
     # The mode is not set here: unset, attack() takes the one the aligned method assumes (continue after Booster),
@@ -208,17 +328,11 @@ def attacked_model(attack_dir: str, aligned_dir: str | None) -> tuple[str | None
 def run_eval(config: dict, root: Path, adapters: list[str], label: str, model: str | None = None,
              judges: list[str] | None = None) -> dict:
     """Evaluate ``model`` (default: the run's base model) with ``adapters`` merged in order."""
-    from tvaccine.evaluation.run import EvalSettings, evaluate
+    from tvaccine.evaluation.run import evaluate
 
-    spec = {k: v for k, v in (config.get("eval") or {}).items() if k != "before_attack"}
-    if judges:
-        spec["judges"] = judges
-    spec.setdefault("task", get_path(config, "attack.task"))
     model = model or config["model"]
-    try:
-        settings = EvalSettings(model=model, adapters=list(adapters), dtype=config.get("dtype"), **spec)
-    except TypeError as err:
-        raise UserError(f"eval: {err}") from err
+    settings = eval_settings(config, model, adapters, judges)
+    spec = eval_spec(config, judges)
     key = stage_hash("eval", model, adapters, spec,
                      *(file_digest(spec.get(k)) for k in ("harmful_prompts", "benign_prompts", "task_data")))
     folder = root / "stages" / f"eval-{label}-{key}"
@@ -232,10 +346,25 @@ def run_eval(config: dict, root: Path, adapters: list[str], label: str, model: s
             "results": json.loads(results_path.read_text(encoding="utf-8"))}
 
 
+def eval_spec(config: dict, judges: list[str] | None = None) -> dict:
+    """The run's eval section as evaluation settings: the attack's task is scored unless eval names its own."""
+    spec = {k: v for k, v in (config.get("eval") or {}).items() if k != "before_attack"}
+    if judges:
+        spec["judges"] = judges
+    spec.setdefault("task", get_path(config, "attack.task"))
+    return spec
+
+
+def eval_settings(config: dict, model: str, adapters: list[str], judges: list[str] | None = None):
+    from tvaccine.evaluation.run import EvalSettings
+
+    return EvalSettings(model=model, adapters=list(adapters), dtype=config.get("dtype"),
+                        **eval_spec(config, judges))
+
+
 def run(config: dict, echo=print) -> dict:
     """One align → attack → evaluate run; writes and returns ``OUTPUT/results.json``."""
-    root = Path(config["output"])
-    root.mkdir(parents=True, exist_ok=True)
+    root = Path(config["output"])  # created by the first stage that writes: a bad input leaves no folder
     aligned = run_align(config, root)
     adapters = [aligned["dir"]] if aligned else []
     before = None
@@ -316,14 +445,19 @@ def run_one(config: dict, echo=print) -> dict:
 def expand_sweep(sweep: dict, where: str) -> list[tuple[str, dict]]:
     """The cells of a sweep: the product of ``grid`` lists applied to the ``base`` run config."""
     base, grid = sweep.get("base"), sweep.get("grid") or {}
-    if not isinstance(base, dict):
-        raise UserError(f"{where}: a sweep needs 'base' (a run config) and 'grid' (lists per axis)")
+    if not isinstance(base, dict) or not isinstance(grid, dict):
+        raise UserError(f"{where}: a sweep needs 'base' (a run config) and 'grid' (a mapping of lists per axis)")
+    unknown = set(sweep) - {"base", "grid"}
+    if unknown:
+        raise UserError(f"{where}: unknown key(s) {sorted(unknown)}; a sweep has base and grid")
     for axis, values in grid.items():
         if not isinstance(values, list) or not values:
             raise UserError(f"{where}: grid.{axis} must be a non-empty list")
         if axis not in AXES and "." not in axis:
             raise UserError(f"{where}: unknown sweep axis '{axis}' (known: {', '.join(AXES)}, or a dotted path)")
-    cells = []
+    from tvaccine.methods import METHODS
+
+    cells, cache = [], {}
     axes = list(grid)
     for combo in itertools.product(*(grid[a] for a in axes)):
         cfg = copy.deepcopy(base)
@@ -331,10 +465,18 @@ def expand_sweep(sweep: dict, where: str) -> list[tuple[str, dict]]:
             set_path(cfg, AXES.get(axis, axis), value)
             if axis == "task":
                 set_path(cfg, "eval.task", value)
-        if get_path(cfg, "align.method") == "none":
+        method = get_path(cfg, "align.method")
+        if method == "none":
             cfg["align"] = {"method": "none"}
+        elif method in METHODS:  # a T-Vaccine axis (rho, S) set no setting on the SFT cells of the same grid
+            fields = {f.name for f in dataclasses.fields(METHODS[method][0])}
+            settings = get_path(cfg, "align.settings") or {}
+            for axis in axes:
+                head, _, key = AXES.get(axis, axis).rpartition(".")
+                if head == "align.settings" and key not in fields:
+                    settings.pop(key, None)
         name = "-".join(f"{a}={v}" for a, v in zip(axes, combo)) or "cell"
-        check_run_config(cfg, f"{where} cell {name}")
+        check_run_config(cfg, f"{where} cell {name}", cache)
         cells.append((name, cfg))
     return cells
 

@@ -10,6 +10,7 @@ import csv
 import hashlib
 import io
 import json
+import re
 from pathlib import Path
 
 from tvaccine.errors import UserError
@@ -26,36 +27,74 @@ def file_sha256(path: str | Path) -> str:
 
 
 def _read_text(path: Path) -> str:
+    # utf-8-sig: a byte-order mark (Windows editors, Excel's CSV export) is dropped, not read as part of a field name
+    raw = path.read_bytes()
     try:
-        text = path.read_text(encoding="utf-8")
+        text = raw.decode("utf-8-sig")
     except UnicodeDecodeError as err:
-        raise UserError(f"{path}: not UTF-8 text ({err.reason} at byte {err.start})") from err
+        line = raw.count(b"\n", 0, err.start) + 1
+        raise UserError(f"{path}:{line}: not UTF-8 text ({err.reason} at byte {err.start})") from err
     if not text.strip():
         raise UserError(f"{path}: the file is empty")
+    nul = text.find("\0")
+    if nul >= 0:  # invalid in JSON text; in a CSV cell it means a binary or damaged file
+        raise UserError(f"{path}:{text.count(NEWLINE, 0, nul) + 1}: NUL byte (a binary file?)")
     return text
+
+
+NEWLINE = "\n"
+# A JSON escape of a UTF-16 surrogate: valid JSON, but a lone one cannot be written back as UTF-8.
+_SURROGATE_ESCAPE = re.compile(r"\\u[dD][89a-fA-F][0-9a-fA-F]{2}")
+
+
+def _loads(text: str, path: Path, lineno: int | None = None):
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError as err:
+        raise UserError(f"{path}:{lineno or err.lineno}: invalid JSON ({err.msg})") from err
+    except RecursionError as err:
+        raise UserError(f"{path}:{lineno or 1}: invalid JSON (nested too deeply)") from err
+    except ValueError as err:  # an integer of more than 4300 digits
+        raise UserError(f"{path}:{lineno or 1}: invalid JSON ({str(err).split(':')[0]})") from err
 
 
 def _json_rows(path: Path, text: str) -> tuple[list, list[str]]:
     if text.lstrip().startswith("["):
-        try:
-            rows = json.loads(text)
-        except json.JSONDecodeError as err:
-            raise UserError(f"{path}:{err.lineno}: invalid JSON ({err.msg})") from err
+        rows = _loads(text, path)
         return rows, [f"{path}: row {i}" for i in range(len(rows))]
+    if text.lstrip().startswith("{") and NEWLINE in text.strip() and _is_one_object(text):
+        raise UserError(f"{path}: one JSON object over several lines; expected a JSON array of objects or JSONL "
+                        f"(one object per line)")
     rows, where = [], []
-    for lineno, line in enumerate(text.splitlines(), 1):
-        if not line.strip():
-            continue
-        try:
-            rows.append(json.loads(line))
-        except json.JSONDecodeError as err:
-            raise UserError(f"{path}:{lineno}: invalid JSON ({err.msg})") from err
-        where.append(f"{path}:{lineno}")
+    # Split on "\n" only: str.splitlines() also splits on U+2028, U+0085 and others, which JSON strings may hold.
+    for lineno, line in enumerate(text.split(NEWLINE), 1):
+        if line.strip():
+            rows.append(_loads(line, path, lineno))
+            where.append(f"{path}:{lineno}")
     return rows, where
 
 
+def _is_one_object(text: str) -> bool:
+    try:
+        return isinstance(json.loads(text), dict)
+    except (ValueError, RecursionError):
+        return False
+
+
+def _check_unicode(rows: list, where: list[str], text: str) -> None:
+    """Refuse lone surrogates (``"\\ud800"``) here rather than fail later when a set is written as UTF-8."""
+    if not _SURROGATE_ESCAPE.search(text):
+        return
+    for row, loc in zip(rows, where):
+        try:
+            json.dumps(row, ensure_ascii=False).encode("utf-8")
+        except UnicodeEncodeError as err:
+            raise UserError(f"{loc}: invalid Unicode escape (a lone surrogate)") from err
+
+
 def _csv_rows(path: Path, text: str) -> tuple[list, list[str]]:
-    reader = csv.DictReader(io.StringIO(text, newline=""))
+    # strict: a quote left open (a truncated file) is an error, not a cell that swallows the rest of the file
+    reader = csv.DictReader(io.StringIO(text, newline=""), strict=True)
     if not reader.fieldnames:
         raise UserError(f"{path}: no CSV header")
     rows, where = [], []
@@ -68,8 +107,8 @@ def _csv_rows(path: Path, text: str) -> tuple[list, list[str]]:
             rows.append(row)
             where.append(f"{path}:{start}")
             start = reader.line_num + 1  # a quoted cell may span lines
-    except csv.Error as err:
-        raise UserError(f"{path}:{reader.line_num}: invalid CSV ({err})") from err
+    except csv.Error as err:  # reader.line_num lags behind a record that fails; the record's first line does not
+        raise UserError(f"{path}:{start}: invalid CSV ({err})") from err
     return rows, where
 
 
@@ -86,6 +125,8 @@ def _parquet_rows(path: Path) -> tuple[list, list[str]]:
 def read_records(path: str | Path) -> list[dict]:
     """Records of a local data file, each a dict with ``_where``; the format follows the suffix."""
     path = Path(path)
+    if path.is_dir():
+        raise UserError(f"{path}: is a folder, not a data file")
     if not path.is_file():
         raise UserError(f"{path}: no such file")
     suffix = path.suffix.lower()
@@ -94,7 +135,9 @@ def read_records(path: str | Path) -> list[dict]:
     elif suffix == ".csv":
         rows, where = _csv_rows(path, _read_text(path))
     else:  # .json, .jsonl and anything else are read as JSON or JSONL, told apart by the first character
-        rows, where = _json_rows(path, _read_text(path))
+        text = _read_text(path)
+        rows, where = _json_rows(path, text)
+        _check_unicode(rows, where, text)
     if not rows:
         raise UserError(f"{path}: no rows")
     for row, loc in zip(rows, where):

@@ -118,7 +118,7 @@ def _alpaca(raw: dict) -> dict:
                             f"not empty; cannot tell which input is meant")
         instruction, input = stripped
     output = text_field(raw, "output")
-    flag, kind = raw.get("flag"), raw.get("kind")
+    flag, kind = (text_field(raw, k) if raw.get(k) is not None else None for k in ("flag", "kind"))
     if kind == "refusal":  # a row of one of our alignment sets: harmful prompt → refusal
         return _row(raw, instruction, input, output, None, refusal=output)
     if kind is not None:  # our other set kinds: harmful, prompt, task, benign

@@ -152,6 +152,8 @@ def eval_set(harmful: Source, num_prompts: int) -> DataSet:
 
 
 def task_set(name: str, task: Source, limit: int | None = None) -> DataSet:
+    if limit is not None and limit < 1:  # rows[:-1] would silently drop the last row
+        raise UserError(f"limit: must be at least 1 (got {limit})")
     rows = task.rows if limit is None else task.take(limit, name)
     return DataSet(name, [(task, "task")], [(0, r["_index"]) for r in rows], None,
                    {"task": task.view.removeprefix("task:"), "limit": limit})
@@ -168,11 +170,23 @@ def read_manifest(path: str | Path) -> dict:
         raise UserError(f"{mpath}: no such manifest")
     try:
         manifest = json.loads(mpath.read_text(encoding="utf-8"))
+    except UnicodeDecodeError as err:
+        raise UserError(f"{mpath}: not UTF-8 text ({err.reason} at byte {err.start})") from err
     except json.JSONDecodeError as err:
         raise UserError(f"{mpath}:{err.lineno}: invalid JSON ({err.msg})") from err
-    for key in ("set", "sources", "picks", "sha256"):
+    if not isinstance(manifest, dict):
+        raise UserError(f"{mpath}: expected a JSON object, got {type(manifest).__name__}")
+    for key, kind in (("set", str), ("sources", list), ("picks", list), ("sha256", str)):
         if key not in manifest:
             raise UserError(f"{mpath}: missing field '{key}'")
+        if not isinstance(manifest[key], kind):
+            raise UserError(f"{mpath}: field '{key}' must be a {'list' if kind is list else 'string'}")
+    for n, src in enumerate(manifest["sources"]):
+        if not isinstance(src, dict) or not all(isinstance(src.get(k), str) for k in ("ref", "view", "kind")):
+            raise UserError(f"{mpath}: field 'sources[{n}]' must be an object with string ref, view and kind")
+    for n, pick in enumerate(manifest["picks"]):
+        if not (isinstance(pick, list) and len(pick) == 2 and all(type(i) is int and i >= 0 for i in pick)):
+            raise UserError(f"{mpath}: field 'picks[{n}]' must be a pair of row numbers, got {pick!r}")
     return manifest
 
 

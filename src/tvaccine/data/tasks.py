@@ -34,7 +34,7 @@ class Task:
             return self._gsm8k(text_field(raw, "question"), text_field(raw, "answer"), raw)
         text = text_field(raw, "sentence" if self.name == "sst2" else "text")
         label = raw.get("label")
-        if not isinstance(label, int) or not 0 <= label < len(self.labels):
+        if not isinstance(label, int) or isinstance(label, bool) or not 0 <= label < len(self.labels):
             raise UserError(f"{raw['_where']}: field 'label' must be an integer 0..{len(self.labels) - 1}, "
                             f"got {label!r}")
         return {"instruction": self.instruction, "input": text, "output": self.labels[label],

@@ -33,8 +33,9 @@ class GenerationStats:
 
 def load_for_generation(model: str, adapters: list[str] | tuple[str, ...] = (), dtype: str | None = None):
     """Base model with each LoRA adapter merged in order (aligned, then attacked), plus a left-padding tokenizer."""
-    from tvaccine.models import load_model, load_tokenizer
+    from tvaccine.models import load_model, load_tokenizer, model_skeleton
 
+    model_skeleton(model)  # a damaged config.json fails here, before the tokenizer and the weights load
     tokenizer = load_tokenizer(model)
     tokenizer.padding_side = "left"
     for adapter in adapters:  # check every folder before the slow loads

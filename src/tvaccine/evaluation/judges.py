@@ -68,18 +68,15 @@ class BeaverDamJudge:
         import torch
         from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
-        from tvaccine.models import _hub_error, _hub_kwargs, resolve_model_path
+        from tvaccine.models import _hub_kwargs, loading, resolve_model_path, torch_dtype
 
         path = resolve_model_path(model)
-        kwargs = _hub_kwargs(path)
-        torch_dtype = "auto" if dtype in (None, "auto") else getattr(torch, dtype)
-        try:
+        with loading(model, path):
+            kwargs = _hub_kwargs(path)
             self.model = AutoModelForSequenceClassification.from_pretrained(
-                path, problem_type="multi_label_classification", dtype=torch_dtype, **kwargs)
+                path, problem_type="multi_label_classification", dtype=torch_dtype(dtype), **kwargs)
             self.tokenizer = AutoTokenizer.from_pretrained(
                 path, model_max_length=max_length, padding_side="right", **kwargs)
-        except OSError as err:
-            raise _hub_error(model, err) from err
         if self.tokenizer.pad_token is None:  # as QAModeration's resize_tokenizer_embedding does
             self.tokenizer.add_special_tokens({"pad_token": "<pad>"})
             self.model.resize_token_embeddings(len(self.tokenizer))

@@ -8,13 +8,12 @@ Prompt files: JSON or JSONL rows with ``prompt``, or ``instruction`` (+ ``input`
 
 from __future__ import annotations
 
-import csv
 import os
 from pathlib import Path
 
-from tvaccine.data.files import read_records
-from tvaccine.data.files import text_field
+from tvaccine.data.files import read_records, text_field
 from tvaccine.errors import UserError
+from tvaccine.evaluation.scores import LABEL_WORDS
 
 BEAVERTAILS_HUB = "PKU-Alignment/BeaverTails"
 GSM8K_QUESTION_SUFFIX = "\nFirst think step by step and then answer the final number.\n"
@@ -47,6 +46,10 @@ def read_task(task: str, ref: str, limit: int | None = None) -> list[dict]:
             row = {**_instruction(raw), "label": _answer(raw)}
         if task != "gsm8k":
             row["label"] = row["label"].strip()
+            allowed = LABEL_WORDS[task]
+            if row["label"] not in allowed:
+                raise UserError(f"{raw['_where']}: answer {row['label'][:60]!r} is not a {task} label "
+                                f"({', '.join(allowed)})")
         out.append(row)
         if limit and len(out) == limit:
             break
@@ -70,21 +73,18 @@ def _beavertails_hub(n: int) -> list[dict]:
 
 
 def _csv_rows(path: Path) -> list[dict]:
-    if not path.is_file():
-        raise UserError(f"{path}: no such file")
-    with open(path, newline="", encoding="utf-8") as f:
-        reader = csv.DictReader(f)
-        column = next((c for c in _CSV_COLUMNS if c in (reader.fieldnames or [])), None)
-        if column is None:
-            raise UserError(f"{path}: no prompt column (expected one of {', '.join(_CSV_COLUMNS)}; "
-                            f"found {', '.join(reader.fieldnames or [])})")
-        rows = []
-        for lineno, r in enumerate(reader, 2):
-            if not (r[column] or "").strip():
-                raise UserError(f"{path}:{lineno}: empty field '{column}'")
-            rows.append({"instruction": r[column], "input": ""})
+    records = read_records(path)  # encoding, header and row errors name the file and line
+    columns = [c for c in records[0] if c != "_where"]
+    column = next((c for c in _CSV_COLUMNS if c in columns), None)
+    if column is None:
+        raise UserError(f"{path}: no prompt column (expected one of {', '.join(_CSV_COLUMNS)}; "
+                        f"found {', '.join(columns)})")
+    rows = []
+    for r in records:
+        if not (r[column] or "").strip():
+            raise UserError(f"{r['_where']}: empty field '{column}'")
+        rows.append({"instruction": r[column], "input": ""})
     return rows
-
 
 
 def _turns(raw: dict) -> list[dict] | None:
@@ -104,10 +104,10 @@ def _turn(raw: dict, roles: set[str]) -> str:
 
 
 def _instruction(raw: dict) -> dict:
-    if "prompt" in raw and isinstance(raw["prompt"], str):
-        return {"instruction": raw["prompt"], "input": ""}
+    if "prompt" in raw and not isinstance(raw["prompt"], dict):  # DecodingTrust's {text, scores} is no prompt here
+        return {"instruction": text_field(raw, "prompt"), "input": ""}
     if "instruction" in raw:
-        return {"instruction": text_field(raw, "instruction"), "input": raw.get("input") or ""}
+        return {"instruction": text_field(raw, "instruction"), "input": text_field(raw, "input", required=False)}
     if _turns(raw) is not None:
         return {"instruction": _turn(raw, _USER_ROLES), "input": ""}
     raise UserError(f"{raw['_where']}: no prompt (expected a field 'prompt', 'instruction', "

@@ -35,7 +35,42 @@ class EvalSettings:
     seed: int = 0  # of the bootstrap intervals
 
 
-def _sets(s: EvalSettings) -> dict[str, list[dict]]:
+def check_settings(s: EvalSettings) -> None:
+    """Types and ranges of the settings and the judges' files, before any prompt is read or a model loads (a
+    pipeline's eval section arrives here unchecked)."""
+    from tvaccine.evaluation.judges import JUDGES, default_classifier_dir
+    from tvaccine.models import resolve_model_path, torch_dtype
+
+    for name in ("limit", "max_new_tokens", "batch_size", "seed"):
+        value = getattr(s, name)
+        if value is None and name == "limit":
+            continue
+        if not isinstance(value, int) or isinstance(value, bool) or (name != "seed" and value < 1):
+            rule = "an integer" if name == "seed" else "an integer of at least 1"
+            raise UserError(f"eval {name}: must be {rule} (got {value!r})")
+    for name in ("model", "harmful_prompts", "task", "task_data", "benign_prompts", "classifier", "beaver_dam"):
+        if getattr(s, name) is not None and not isinstance(getattr(s, name), str):
+            raise UserError(f"eval {name}: must be a string (got {getattr(s, name)!r})")
+    if not isinstance(s.judges, list) or not s.judges or not all(isinstance(j, str) for j in s.judges):
+        raise UserError(f"eval judges: must be a list of judge names (got {s.judges!r})")
+    if not isinstance(s.adapters, list) or not all(isinstance(a, str) for a in s.adapters):
+        raise UserError(f"eval adapters: must be a list of adapter folders (got {s.adapters!r})")
+    for name in s.judges:
+        if name not in JUDGES:
+            raise UserError(f"eval judges: unknown judge '{name}' (use {', '.join(JUDGES)})")
+    torch_dtype(s.dtype)
+    if "classifier" in s.judges:  # a missing judge must not surface after the whole generation
+        from tvaccine.evaluation.classifier import CONFIG, WEIGHTS
+
+        folder = Path(s.classifier or default_classifier_dir())
+        if not (folder / WEIGHTS).is_file() or not (folder / CONFIG).is_file():
+            raise UserError(f"{folder}: no trained classifier ({WEIGHTS} and {CONFIG}); train one with "
+                            f"`tvaccine judge train --data FILE --output {folder}`")
+    if "beaver-dam" in s.judges:
+        resolve_model_path(s.beaver_dam)
+
+
+def prompt_sets(s: EvalSettings) -> dict[str, list[dict]]:
     from tvaccine.evaluation.prompts import read_prompts, read_task
     from tvaccine.evaluation.scores import TASKS
 
@@ -43,10 +78,12 @@ def _sets(s: EvalSettings) -> dict[str, list[dict]]:
     if s.harmful_prompts:
         sets["harmful"] = read_prompts(s.harmful_prompts, s.limit)
     if s.task or s.task_data:
-        if s.task not in TASKS or not s.task_data:
-            raise UserError(f"--task needs one of {', '.join(TASKS)} and --task-data FILE")
-        sets["task"] = read_task(s.task, s.task_data, s.limit)
-        _check_labels(s.task, s.task_data, sets["task"])
+        if s.task not in TASKS:
+            raise UserError(f"task: unknown task {s.task!r} (use {', '.join(TASKS)})")
+        if not s.task_data:  # in a run config the task comes from the attack section
+            raise UserError(f"task {s.task}: fine-tuning accuracy needs its evaluation file "
+                            f"(--task-data FILE, or eval.task_data in a run config)")
+        sets["task"] = read_task(s.task, s.task_data, s.limit)  # checks each label, naming its line
     if s.benign_prompts:
         sets["benign"] = read_prompts(s.benign_prompts, s.limit)
     if not sets:
@@ -57,23 +94,14 @@ def _sets(s: EvalSettings) -> dict[str, list[dict]]:
     return sets
 
 
-def _check_labels(task: str, path: str, rows: list[dict]) -> None:
-    from tvaccine.evaluation.scores import LABEL_WORDS
-
-    allowed = LABEL_WORDS.get(task)  # GSM8K's label is a worked answer; any text is fine
-    for r in rows if allowed else []:
-        if r["label"] not in allowed:
-            raise UserError(f"{path}: row {r['id']}: answer '{r['label']}' is not a {task} label "
-                            f"({', '.join(allowed)})")
-
-
 def evaluate(s: EvalSettings, output: str | Path, progress: bool = True) -> dict:
     from tvaccine.evaluation.generate import generate_to_file, load_for_generation
     from tvaccine.io import atomic_write_json, package_versions, write_jsonl
 
     start = time.perf_counter()
     out = Path(output)
-    sets = _sets(s)  # read (and validate) every input before the slow part
+    check_settings(s)
+    sets = prompt_sets(s)  # read (and validate) every input before the slow part
     model, tokenizer = load_for_generation(s.model, s.adapters, s.dtype)
     generations, gen_stats = {}, {}
     for name, rows in sets.items():

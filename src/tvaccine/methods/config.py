@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field, fields
 
 from transformers import TrainingArguments
@@ -39,15 +40,43 @@ class LoraTrainingConfig(TrainingArguments):
     def __post_init__(self):
         super().__post_init__()
         self._check(self.lora_r >= 1, "lora_r", "must be at least 1")
-        self._check(self.lora_alpha is None or self.lora_alpha > 0, "lora_alpha", "must be positive")
+        self._check(self.lora_alpha is None or 0 < self.lora_alpha < math.inf, "lora_alpha", "must be positive")
         self._check(0 <= self.lora_dropout < 1, "lora_dropout", "must be in [0, 1)")
         self._check(self.max_length >= 2, "max_length", "must be at least 2")
-        self._check(self.learning_rate > 0, "learning_rate", "must be positive")
+        self._check(0 < self.learning_rate < math.inf, "learning_rate", "must be a positive number")
+        self._check(0 <= self.weight_decay < math.inf, "weight_decay", "must be a non-negative number")
         self._check(bool(self.lora_target_modules), "lora_target_modules", "must name at least one module")
+        # The Trainer accepts these and then divides by zero, trains for ever or silently trains epochs instead.
+        self._check(self.per_device_train_batch_size >= 1, "per_device_train_batch_size", "must be at least 1")
+        self._check(self.gradient_accumulation_steps >= 1, "gradient_accumulation_steps", "must be at least 1")
+        self._check(self.max_steps == -1 or self.max_steps >= 1, "max_steps",
+                    "must be at least 1, or -1 to train num_train_epochs")
+        self._check(0 < self.num_train_epochs < math.inf, "num_train_epochs", "must be a positive number")
+        self._check(0 <= self.warmup_steps < math.inf, "warmup_steps", "must be a non-negative number")
+        # A token given as a setting would be pickled into every checkpoint's training_args.bin (docs/security.md).
+        self._check(self.hub_token is None, "hub_token",
+                    "is not a setting; log in with `hf auth login` or set HF_TOKEN")
+        self._check(not self.push_to_hub, "push_to_hub",
+                    "is not supported; the adapter is written to --output (upload it with `hf upload`)")
+        from transformers.integrations.integration_utils import (INTEGRATION_TO_CALLBACK,
+                                                                 get_available_reporting_integrations)
+
+        for name in self.report_to:  # the Trainer would raise on an unknown or missing one after the model loads
+            self._check(name in INTEGRATION_TO_CALLBACK, "report_to",
+                        f"'{name}' is not one of none, all, {', '.join(INTEGRATION_TO_CALLBACK)}")
+            self._check(name in get_available_reporting_integrations(), "report_to", f"'{name}' is not installed")
 
     def _check(self, ok: bool, name: str, rule: str) -> None:
         if not ok:
-            raise UserError(f"{name}: {rule} (got {getattr(self, name)!r})")
+            err = UserError(f"{name}: {rule} (got {getattr(self, name)!r})")
+            err.field = name  # build_config prefixes the file or flag the value came from
+            raise err
+
+    def check_model(self, model):
+        """Check the settings against the model's structure (a meta-device skeleton will do), before a slow load."""
+        from tvaccine.lora import resolve_targets
+
+        resolve_targets(model, self.lora_target_modules)
 
     @classmethod
     def own_fields(cls) -> list[str]:
@@ -66,6 +95,13 @@ class AlignmentConfig(LoraTrainingConfig):
     attention_attr: str | None = field(default=None, metadata={"help": "attribute of each layer's attention"})
 
     method = "sft"
+
+    def check_model(self, model):
+        """Also finds the decoder layers, which the perturbation methods need; returns them."""
+        from tvaccine.layers import find_decoder_layers
+
+        super().check_model(model)
+        return find_decoder_layers(model, self.layers_path, self.attention_attr)
 
     def needs_harmful_data(self) -> bool:
         """Whether the method trains or probes on harmful prompt → harmful answer rows (``--harmful-data``)."""

@@ -75,6 +75,12 @@ class TVaccineConfig(VaccineConfig):
             raise UserError("gradient_checkpointing: T-Vaccine checkpoints the inactive layers itself; "
                             "leave it off and use checkpoint_inactive")
 
+    def check_model(self, model):
+        decoder = super().check_model(model)
+        self._check(self.num_active_layers <= len(decoder), "num_active_layers",
+                    f"must be at most the model's {len(decoder)} layers")
+        return decoder
+
     def needs_harmful_data(self) -> bool:
         return self.layer_sampling != "uniform"  # the importance probe
 
