@@ -229,3 +229,20 @@ def test_pipeline_attack_after_booster_continues_unless_told(tiny_model_dir, boo
     assert run_attack(config, tmp_path, aligned)["mode"] == "continue"
     config["attack"]["settings"] = {**settings, "mode": "fresh"}
     assert run_attack(config, tmp_path, aligned)["mode"] == "fresh"
+
+
+@pytest.mark.parametrize("fsdp,zero_stage,refused", [(False, None, False), (False, 2, False), (False, 3, True),
+                                                     (True, None, True)])
+def test_methods_that_move_whole_weights_refuse_sharded_engines(fsdp, zero_stage, refused):
+    from types import SimpleNamespace
+
+    from tvaccine.methods.auxiliary import refuse_sharded_weights
+
+    plugin = SimpleNamespace(zero_stage=zero_stage) if zero_stage else None
+    trainer = SimpleNamespace(is_fsdp_enabled=fsdp,
+                              accelerator=SimpleNamespace(state=SimpleNamespace(deepspeed_plugin=plugin)))
+    if refused:
+        with pytest.raises(UserError, match="booster: not supported with sharded weights"):
+            refuse_sharded_weights(trainer, "booster")
+    else:
+        refuse_sharded_weights(trainer, "booster")

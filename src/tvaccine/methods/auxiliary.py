@@ -72,3 +72,14 @@ def load_state(checkpoint: str | None, name: str) -> dict | None:
         return None
     with open(path, encoding="utf-8") as f:
         return json.load(f)
+
+
+def refuse_sharded_weights(trainer, method: str) -> None:
+    """RepNoise's logit lens and the in-place weight moves of TAR and Booster need whole weights on every rank: plain
+    DDP (and ZeRO-1/2, which shard only optimizer state and gradients) have them; FSDP and ZeRO-3 do not."""
+    from tvaccine.errors import UserError
+
+    plugin = getattr(trainer.accelerator.state, "deepspeed_plugin", None)
+    if getattr(trainer, "is_fsdp_enabled", False) or (plugin is not None and plugin.zero_stage == 3):
+        raise UserError(f"--method {method}: not supported with sharded weights (FSDP, DeepSpeed ZeRO-3); use the "
+                        f"ddp or zero2 accelerate config")

@@ -29,7 +29,8 @@ import torch
 from transformers import Trainer
 
 from tvaccine.errors import UserError
-from tvaccine.methods.auxiliary import SeededBatches, accumulation_scale, load_state, save_state
+from tvaccine.methods.auxiliary import (SeededBatches, accumulation_scale, load_state, refuse_sharded_weights,
+                                        save_state)
 from tvaccine.methods.config import AlignmentConfig
 from tvaccine.methods.loss import TargetPositionsLoss
 
@@ -94,6 +95,7 @@ def harmful_gradient_difference(harmful_loss, params: list[torch.Tensor], alpha:
 class BoosterTrainer(TargetPositionsLoss, Trainer):
     def __init__(self, *args, harmful_dataset=None, **kwargs):
         super().__init__(*args, **kwargs)
+        refuse_sharded_weights(self, "booster")
         if not harmful_dataset:
             raise UserError("--harmful-data: Booster needs harmful prompt → harmful answer rows")
         a = self.args

@@ -57,6 +57,7 @@ from transformers import Trainer
 from tvaccine.data.tokenize import IGNORE_INDEX, CausalCollator, encode_row
 from tvaccine.errors import UserError
 from tvaccine.layers import find_decoder_layers, unwrap
+from tvaccine.methods.auxiliary import refuse_sharded_weights
 from tvaccine.methods.config import AlignmentConfig
 from tvaccine.methods.loss import TargetPositionsLoss
 from tvaccine.perturb import capture_outputs
@@ -235,6 +236,7 @@ class RepNoiseTrainer(TargetPositionsLoss, Trainer):
 
     def __init__(self, *args, **kwargs):
         super().__init__(*args, **kwargs)
+        refuse_sharded_weights(self, "repnoise")
         a = self.args
         decoder = find_decoder_layers(self.model, a.layers_path, a.attention_attr)
         base = unwrap(self.model)

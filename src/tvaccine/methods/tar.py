@@ -44,6 +44,7 @@ from transformers import Trainer
 from tvaccine.data.tokenize import IGNORE_INDEX
 from tvaccine.errors import UserError
 from tvaccine.layers import unwrap
+from tvaccine.methods.auxiliary import refuse_sharded_weights
 from tvaccine.methods.config import AlignmentConfig
 from tvaccine.methods.loss import TargetPositionsLoss
 
@@ -189,6 +190,7 @@ class MetaStepTrainer(TargetPositionsLoss, Trainer):
 
     def __init__(self, *args, harmful_dataset=None, **kwargs):
         super().__init__(*args, **kwargs)
+        refuse_sharded_weights(self, self.args.method)
         if not harmful_dataset:
             raise UserError(f"{self.args.method}: the simulated attack needs harmful rows (harmful_dataset / "
                             "--harmful-data)")
