@@ -18,6 +18,8 @@ from pathlib import Path
 
 from tvaccine.cli import main
 
+from conftest import write_jsonl as _write_jsonl
+
 MODULES = ["test_fuzz_data", "test_fuzz_settings", "test_fuzz_cli"]
 KINDS = {
     "truncated": "a valid JSON / JSONL / CSV file cut at a byte offset (generated)",
@@ -83,3 +85,27 @@ def table() -> str:
 
 if __name__ == "__main__":
     print(table())
+
+
+def refuse_hub(monkeypatch) -> None:
+    """A hub id must fail at once, as it does without a network."""
+    import tvaccine.models
+
+    monkeypatch.setattr(tvaccine.models, "_hub_reachable", lambda timeout=3.0: False)
+    monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
+
+
+def refuse_model_loads(monkeypatch) -> None:
+    """Bad input must fail before any model loads."""
+    import pytest
+
+    import tvaccine.models
+
+    def refuse(*args, **kwargs):
+        pytest.fail(f"a model was loaded for bad input: {args}")
+
+    monkeypatch.setattr(tvaccine.models, "load_model", refuse)
+
+
+def write_jsonl(path, rows) -> str:
+    return str(_write_jsonl(path, rows))

@@ -15,7 +15,7 @@ import shutil
 
 import pytest
 
-from fuzz_helpers import fails_cleanly
+from fuzz_helpers import fails_cleanly, refuse_hub, refuse_model_loads, write_jsonl
 from tvaccine.cli import main
 
 REFUSAL = "I'm sorry, but I can't help with that."
@@ -23,25 +23,13 @@ REFUSAL = "I'm sorry, but I can't help with that."
 
 @pytest.fixture(autouse=True)
 def no_hub(monkeypatch):
-    import tvaccine.models
-
-    monkeypatch.setattr(tvaccine.models, "_hub_reachable", lambda timeout=3.0: False)
-    monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
+    refuse_hub(monkeypatch)
 
 
 @pytest.fixture
 def no_model(monkeypatch):
-    import tvaccine.models
+    refuse_model_loads(monkeypatch)
 
-    def refuse(*args, **kwargs):
-        pytest.fail(f"a model was loaded for bad input: {args}")
-
-    monkeypatch.setattr(tvaccine.models, "load_model", refuse)
-
-
-def write_jsonl(path, rows):
-    path.write_text("".join(json.dumps(r) + "\n" for r in rows), encoding="utf-8")
-    return str(path)
 
 
 @pytest.fixture

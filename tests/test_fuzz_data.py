@@ -17,7 +17,7 @@ import re
 
 import pytest
 
-from fuzz_helpers import fails_cleanly
+from fuzz_helpers import fails_cleanly, refuse_hub, refuse_model_loads
 from tvaccine.data.files import load_instruction_file
 from tvaccine.data.sources import load_source
 from tvaccine.errors import UserError
@@ -28,15 +28,8 @@ MB5 = 5 * 1024 * 1024
 
 @pytest.fixture(autouse=True)
 def no_model_no_hub(monkeypatch):
-    """Bad input must fail before any model loads, and a hub id must fail at once (no network here)."""
-    import tvaccine.models
-
-    def refuse(*args, **kwargs):
-        pytest.fail(f"a model was loaded for bad input: {args}")
-
-    monkeypatch.setattr(tvaccine.models, "load_model", refuse)
-    monkeypatch.setattr(tvaccine.models, "_hub_reachable", lambda timeout=3.0: False)
-    monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
+    refuse_hub(monkeypatch)
+    refuse_model_loads(monkeypatch)
 
 
 def jsonl(*rows) -> bytes:

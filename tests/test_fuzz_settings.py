@@ -11,31 +11,20 @@ Inputs tried here: 141 (350 runs); by kind in tests/README.md (checked by test_f
 from __future__ import annotations
 
 import copy
-import json
 
 import pytest
 import yaml
 
-from fuzz_helpers import fails_cleanly
+from fuzz_helpers import fails_cleanly, refuse_hub, refuse_model_loads, write_jsonl
 
 REFUSAL = "I'm sorry, but I can't help with that."
 
 
 @pytest.fixture(autouse=True)
 def no_model_no_hub(monkeypatch):
-    import tvaccine.models
+    refuse_hub(monkeypatch)
+    refuse_model_loads(monkeypatch)
 
-    def refuse(*args, **kwargs):
-        pytest.fail(f"a model was loaded for bad input: {args}")
-
-    monkeypatch.setattr(tvaccine.models, "load_model", refuse)
-    monkeypatch.setattr(tvaccine.models, "_hub_reachable", lambda timeout=3.0: False)
-    monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
-
-
-def write_jsonl(path, rows):
-    path.write_text("".join(json.dumps(r) + "\n" for r in rows), encoding="utf-8")
-    return str(path)
 
 
 @pytest.fixture
