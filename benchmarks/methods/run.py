@@ -4,9 +4,9 @@ Each method runs `tvaccine.align.align` (the code path of `tvaccine align`) for 
 data: BeaverTails alignment-split prompts → refusals (the refusal writer), batch 4, max length 128, LoRA r 8 on
 q,k,v,o,gate,up,down; harmful data: the same prompts' harmful answers (RepNoise pairs rows by prompt) or the probe
 split. A callback times every optimizer step; the first two (warm-up, T-Vaccine's importance pass) are dropped and
-the median of the rest is reported. Methods run in ``--rounds`` interleaved rounds so that drift of a noisy machine
-hits all of them alike; each round's per-method medians are divided by that round's SFT median and the median ratio
-is reported.
+the median of the rest is reported; an untimed SFT run first takes the process's one-off costs. Methods run in
+``--rounds`` interleaved rounds so that drift of a noisy machine hits all of them alike; each round's per-method
+medians are divided by that round's SFT median and the median ratio is reported.
 
     .venv/bin/python benchmarks/methods/run.py [--steps 8] [--rounds 2] [--methods sft,vaccine,...]
 
@@ -88,6 +88,9 @@ def main() -> None:
     methods = args.methods.split(",")
     work = Path(tempfile.mkdtemp(prefix="tvaccine-methods-"))
     files = build_data(work)
+    # The process's first training pays one-off costs (allocator growth, kernel selection): 6 s/step instead of
+    # 1.1 s for SFT here. An untimed warm-up run takes them before any method is timed.
+    time_method("sft", files, 3, work)
     times: dict[str, list[list[float]]] = {m: [] for m in methods}
     for r in range(args.rounds):
         for m in methods:
