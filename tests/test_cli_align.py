@@ -49,16 +49,21 @@ def test_recipes_in_configs_parse_and_validate():
 
     from tvaccine.methods import METHODS
 
-    covered = set()
+    covered, attack_recipes = set(), set()
     for recipe in sorted((REPO / "configs").glob("*.yaml")):
         method = yaml.safe_load(recipe.read_text()).get("method")
-        if method is None:  # the attack recipe
+        if method is None:  # an attack recipe (attack.yaml, lisa.yaml)
+            from tvaccine.commands.attack import resolve_config as attack_config
+
+            attack_config(str(recipe), [])
+            attack_recipes.add(recipe.stem)
             continue
         assert method in METHODS, f"{recipe.name}: unknown method {method}"
         config = resolve_config(method, str(recipe), [])
         assert type(config).method == method
         covered.add(method)
     assert covered == set(METHODS), f"methods without a recipe: {set(METHODS) - covered}"
+    assert attack_recipes == {"attack", "lisa"}
 
 
 def test_recipe_overrides_and_unknown_keys(tmp_path):
