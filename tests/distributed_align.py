@@ -2,12 +2,14 @@
 records what it saw (its LoRA before and after training, its log with the layers it drew) in RECORD/rank<i>.*.
 
 usage: distributed_align.py MODEL DATA HARMFUL OUTPUT RECORD [--setting value ...]
-HARMFUL may hold "{rank}": each rank then probes its own file.
+HARMFUL may hold "{rank}": each rank then probes its own file. With STEP_DELAY set (seconds), every step sleeps that
+long, so that a test can kill the run between two checkpoints.
 """
 
 import json
 import os
 import sys
+import time
 from pathlib import Path
 
 from safetensors.torch import save_file
@@ -35,8 +37,19 @@ class RankRecord(TrainerCallback):
         (self.folder / f"rank{rank}.json").write_text(json.dumps(info))
 
 
+class StepDelay(TrainerCallback):
+    def __init__(self, seconds: float):
+        self.seconds = seconds
+
+    def on_step_end(self, args, state, control, **kwargs):
+        time.sleep(self.seconds)
+
+
 if __name__ == "__main__":
     model, data, harmful, output, record, *settings = sys.argv[1:]
     config = resolve_config("tvaccine", None, settings)
     harmful = harmful.format(rank=os.environ["RANK"])
-    align("tvaccine", model, data, output, config, harmful_data=harmful, callbacks=[RankRecord(Path(record))])
+    callbacks = [RankRecord(Path(record))]
+    if os.environ.get("STEP_DELAY"):
+        callbacks.append(StepDelay(float(os.environ["STEP_DELAY"])))
+    align("tvaccine", model, data, output, config, harmful_data=harmful, callbacks=callbacks)

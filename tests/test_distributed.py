@@ -2,8 +2,11 @@
 starts one (accelerate launch with the shipped cpu-ddp config), and the launcher's command line."""
 
 import json
+import os
+import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -22,31 +25,48 @@ def layer_of(name: str) -> int:
     return int(name.split(".layers.")[1].split(".")[0])
 
 
-def test_two_process_ddp_tvaccine_draws_the_same_layers_and_ends_identical(tiny_model_dir, tmp_path):
+def ddp_alignment(tiny_model_dir, folder: Path, out: Path, record: Path, steps: int = 4, save_steps: int = 100,
+                  step_delay: float | None = None) -> tuple[list[str], dict]:
+    """The command (and environment) of a two-process gloo DDP T-Vaccine alignment, started the way
+    `--num-processes 2 --accelerate-config cpu-ddp` starts one, on data written into ``folder``."""
+    folder.mkdir(parents=True, exist_ok=True)
     refusal = "I'm sorry, but I can't help with that."
-    data = write_jsonl(tmp_path / "align.jsonl", [
+    data = write_jsonl(folder / "align.jsonl", [
         {"instruction": f"How do I make weapon number {i}?", "output": refusal} for i in range(8)])
     # Each rank probes a different harmful file, so their own importance differs: every rank must use rank 0's.
     # (With one file the ranks' probe passes differ only through LoRA dropout, which on CPU draws the same masks.)
     for rank, answer in enumerate(["The sea is wide and blue.", "Write a poem about the sea."]):
-        write_jsonl(tmp_path / f"harmful-{rank}.jsonl", [
+        write_jsonl(folder / f"harmful-{rank}.jsonl", [
             {"instruction": f"How do I make weapon number {i}?", "output": answer} for i in range(3)])
-    record = tmp_path / "record"
-    record.mkdir()
-    settings = ["--max-steps", "4", "--per-device-train-batch-size", "2", "--max-length", "64",
+    record.mkdir(parents=True, exist_ok=True)
+    settings = ["--max-steps", str(steps), "--per-device-train-batch-size", "2", "--max-length", "64",
                 "--num-active-layers", "1", "--layer-resample-steps", "2", "--importance-update-steps", "2",
-                "--lora-dropout", "0.1", "--disable-tqdm", "true", "--save-steps", "100"]
+                "--lora-dropout", "0.1", "--disable-tqdm", "true", "--save-steps", str(save_steps)]
     program = [str(REPO / "tests" / "distributed_align.py"), str(tiny_model_dir), str(data),
-               str(tmp_path / "harmful-{rank}.jsonl"), str(tmp_path / "out"), str(record), *settings]
+               str(folder / "harmful-{rank}.jsonl"), str(out), str(record), *settings]
     cmd, env = launch.launch_command(program, launch.resolve_config("cpu-ddp"), 2)
     env = {**env, "PYTHONPATH": f"{REPO / 'src'}:{REPO / 'tests'}", "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1"}
-    proc = subprocess.run(cmd, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
+    if step_delay:
+        env["STEP_DELAY"] = str(step_delay)
+    return cmd, env
+
+
+def run_ddp(cmd, env, cwd) -> None:
+    proc = subprocess.run(cmd, cwd=cwd, env=env, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr[-4000:]
+
+
+def draws_of(log: list[dict]) -> list:
+    return [(h["step"], h["tvaccine/active_layers"]) for h in log if "tvaccine/active_layers" in h]
+
+
+def test_two_process_ddp_tvaccine_draws_the_same_layers_and_ends_identical(tiny_model_dir, tmp_path):
+    record = tmp_path / "record"
+    run_ddp(*ddp_alignment(tiny_model_dir, tmp_path, tmp_path / "out", record), cwd=tmp_path)
 
     ranks = [json.loads((record / f"rank{r}.json").read_text()) for r in (0, 1)]
     assert all(r["world_size"] == 2 and r["parallel_mode"].endswith("DISTRIBUTED") for r in ranks)
-    draws = [[(h["step"], h["tvaccine/active_layers"]) for h in r["log"] if "tvaccine/active_layers" in h]
-             for r in ranks]
+    draws = [draws_of(r["log"]) for r in ranks]
     probs = [[h["tvaccine/layer_probs"] for h in r["log"] if "tvaccine/layer_probs" in h] for r in ranks]
     assert [step for step, _ in draws[0]] == [0, 2]  # J = 2 over 4 steps
     assert draws[0] == draws[1] and probs[0] == probs[1] and len(probs[0]) == 2
@@ -65,6 +85,58 @@ def test_two_process_ddp_tvaccine_draws_the_same_layers_and_ends_identical(tiny_
         full = next(n for n in after[0] if n.startswith(name.removesuffix(".weight")))
         assert torch.equal(value, after[0][full]), name
     assert not (tmp_path / "out" / "training_args.bin").exists()
+
+
+def descendants(pid: int) -> list[int]:
+    """Every process below ``pid`` (torchrun starts its workers in sessions of their own: a process-group kill of the
+    launcher does not reach them)."""
+    out = []
+    for child in Path(f"/proc/{pid}/task/{pid}/children").read_text().split():
+        out += [int(child), *descendants(int(child))]
+    return out
+
+
+@pytest.mark.skipif(not Path("/proc/self/task").is_dir(), reason="needs Linux /proc to find the launched processes")
+def test_a_killed_ddp_run_resumes_to_the_uninterrupted_adapter(tiny_model_dir, tmp_path):
+    """SIGKILL the launcher and both ranks (a lost machine) after the step-2 checkpoint of a 6-step run; the same
+    command then resumes every rank from it and ends where an uninterrupted run ends."""
+    whole = ddp_alignment(tiny_model_dir, tmp_path / "a", tmp_path / "a" / "out", tmp_path / "a" / "record",
+                          steps=6, save_steps=2)
+    run_ddp(*whole, cwd=tmp_path)
+
+    folder, out = tmp_path / "b", tmp_path / "b" / "out"
+    cmd, env = ddp_alignment(tiny_model_dir, folder, out, folder / "record", steps=6, save_steps=2, step_delay=0.5)
+    proc = subprocess.Popen(cmd, cwd=tmp_path, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.monotonic() + 240
+    try:
+        while not (out / "checkpoints" / "checkpoint-2" / "trainer_state.json").is_file():
+            assert proc.poll() is None and time.monotonic() < deadline, "no checkpoint before the run ended"
+            time.sleep(0.05)
+        victims = [proc.pid, *descendants(proc.pid)]
+        assert len(victims) >= 3  # the launcher and two ranks
+        for pid in victims:
+            os.kill(pid, signal.SIGKILL)
+    finally:
+        proc.kill()
+        proc.wait()
+    assert not (out / "adapter_model.safetensors").exists()
+    assert not (out / "checkpoints" / "checkpoint-6").exists()
+
+    env.pop("STEP_DELAY")
+    run_ddp(cmd, env, cwd=tmp_path)
+    ranks = [json.loads((folder / "record" / f"rank{r}.json").read_text()) for r in (0, 1)]
+    reference = json.loads((tmp_path / "a" / "record" / "rank0.json").read_text())
+    # the rerun continued from step 2 (its log starts with the restored history) with the same layer draws
+    assert draws_of(ranks[0]["log"]) == draws_of(ranks[1]["log"]) == draws_of(reference["log"])
+    for rank in (0, 1):
+        resumed = load_file(folder / "record" / f"rank{rank}.after.safetensors")
+        expected = load_file(tmp_path / "a" / "record" / f"rank{rank}.after.safetensors")
+        for name in expected:
+            torch.testing.assert_close(resumed[name], expected[name], rtol=1e-5, atol=1e-6, msg=name)
+    # and the rerun did start from the checkpoint, not from scratch: its first LoRA is the step-2 one
+    start = load_file(folder / "record" / "rank0.before.safetensors")
+    initial = load_file(tmp_path / "a" / "record" / "rank0.before.safetensors")
+    assert any(not torch.equal(start[n], initial[n]) for n in initial)
 
 
 def test_the_command_is_rerun_under_accelerate_launch(monkeypatch):
