@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 
 from tvaccine import launch
+from tvaccine.commands import before_training
 from tvaccine.errors import UserError
 
 
@@ -47,22 +48,12 @@ def resolve_config(method: str, recipe: str | None, extra: list[str]):
 
 
 def run(args: argparse.Namespace, extra: list[str]) -> int:
-    from tvaccine.align import align, is_finished
+    from tvaccine.align import SETTINGS_FILE, align, is_finished
 
     config = resolve_config(args.method, args.config, extra)
-    if is_finished(args.output) and not args.overwrite:
-        print(f"{args.output} already holds a finished alignment; pass --overwrite to train again")
-        return 0
-    if args.overwrite:
-        import shutil
-        from pathlib import Path
-
-        from tvaccine.align import SETTINGS_FILE
-
-        shutil.rmtree(Path(args.output) / "checkpoints", ignore_errors=True)
-        (Path(args.output) / SETTINGS_FILE).unlink(missing_ok=True)  # no longer a finished run
-    if launch.requested(args):
-        return launch.relaunch(args)
+    done = before_training(args, is_finished(args.output), SETTINGS_FILE, "alignment")
+    if done is not None:
+        return done
     summary = align(args.method, args.model, args.data, args.output, config, harmful_data=args.harmful_data,
                     dtype=args.dtype)
     if config.should_save:  # the main process; in a distributed run it alone saved

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 
 from tvaccine import launch
+from tvaccine.commands import before_training
 
 
 def register(sub) -> None:
@@ -51,22 +52,12 @@ def resolve_config(recipe: str | None, extra: list[str]):
 
 
 def run(args: argparse.Namespace, extra: list[str]) -> int:
-    from tvaccine.attack import attack, is_finished
+    from tvaccine.attack import SETTINGS_FILE, attack, is_finished
 
     config = resolve_config(args.config, extra)
-    if is_finished(args.output) and not args.overwrite:
-        print(f"{args.output} already holds a finished attack; pass --overwrite to train again")
-        return 0
-    if args.overwrite:
-        import shutil
-        from pathlib import Path
-
-        from tvaccine.attack import SETTINGS_FILE
-
-        shutil.rmtree(Path(args.output) / "checkpoints", ignore_errors=True)
-        (Path(args.output) / SETTINGS_FILE).unlink(missing_ok=True)  # no longer a finished run
-    if launch.requested(args):
-        return launch.relaunch(args)
+    done = before_training(args, is_finished(args.output), SETTINGS_FILE, "attack")
+    if done is not None:
+        return done
     s = attack(args.model, args.output, config, aligned=args.aligned, task=args.task, data=args.data,
                harmful=args.harmful, task_data=args.task_data, dtype=args.dtype, disjoint_from=args.disjoint_from,
                strict_disjoint=args.strict_disjoint, alignment_data=args.alignment_data).summary

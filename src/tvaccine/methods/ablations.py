@@ -18,6 +18,7 @@ import torch
 from transformers import Trainer
 
 from tvaccine.layers import find_decoder_layers
+from tvaccine.methods.auxiliary import MicroSteps
 from tvaccine.methods.config import AlignmentConfig
 from tvaccine.methods.loss import TargetPositionsLoss
 from tvaccine.methods.tvaccine import TVaccineConfig, TVaccineTrainer
@@ -45,13 +46,12 @@ class RandomVaccineTrainer(TargetPositionsLoss, Trainer):
     def __init__(self, *args, **kwargs):
         super().__init__(*args, **kwargs)
         self.decoder = find_decoder_layers(self.model, self.args.layers_path, self.args.attention_attr)
-        self._micro = (-1, 0)  # (optimizer step, micro-steps taken in it)
+        self.micro_steps = MicroSteps()
 
     def training_step(self, model, inputs, num_items_in_batch=None):
-        step, micro = self._micro
-        self._micro = (self.state.global_step, micro + 1 if step == self.state.global_step else 0)
-        seed = (self.args.seed * 1_000_003 + self.state.global_step) * 1009 + self._micro[1]
-        generator = torch.Generator().manual_seed(seed % (2**63))
+        self.micro_steps.advance(self.state.global_step)
+        key = self.micro_steps.key(self.args.gradient_accumulation_steps)
+        generator = torch.Generator().manual_seed((self.args.seed * 1_000_003 + key) % 2**63)
         with add_gaussian_to_outputs(self.decoder.attentions, self.args.rho ** 0.5, generator):
             return super().training_step(model, inputs, num_items_in_batch)
 

@@ -1,10 +1,14 @@
-"""What the trainers that draw a second data set and add a term to the Trainer's loss share (Booster, Lisa).
+"""What the trainers that draw a second data set, add a term to the Trainer's loss or draw their own randomness
+share (T-Vaccine, TAR, Booster, Lisa, RandomVaccine).
 
 - ``SeededBatches``: batches of a side data set (Booster's harmful rows, Lisa's alignment rows) in a seeded order,
   reshuffled every pass; its whole state is (pass, position), saved with each checkpoint so a resumed run draws
   exactly the batches an uninterrupted one would have drawn.
 - ``accumulation_scale``: the factor an added loss term needs so that, summed over the micro-steps of one optimizer
   step, it counts once, whichever way the Trainer normalises its own loss.
+- ``MicroSteps``: which micro-step of which optimizer step is running, for randomness that must be a function of
+  (seed, step, micro-step) so that a resumed run draws what an uninterrupted one drew, with no state saved.
+- ``save_state`` / ``load_state``: a trainer's own JSON state in each checkpoint folder.
 """
 
 from __future__ import annotations
@@ -43,6 +47,20 @@ class SeededBatches:
 
     def load_state_dict(self, state: dict) -> None:
         self.epoch, self.pos = int(state["epoch"]), int(state["pos"])
+
+
+class MicroSteps:
+    """Call ``advance(global_step)`` at the start of every micro-step; ``key()`` then numbers it uniquely."""
+
+    def __init__(self):
+        self.step, self.micro = -1, 0
+
+    def advance(self, global_step: int) -> None:
+        self.micro = self.micro + 1 if self.step == global_step else 0
+        self.step = global_step
+
+    def key(self, accumulation_steps: int) -> int:
+        return self.step * max(accumulation_steps, 1) + self.micro
 
 
 def accumulation_scale(trainer, num_items_in_batch) -> float:

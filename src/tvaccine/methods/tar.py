@@ -44,7 +44,7 @@ from transformers import Trainer
 from tvaccine.data.tokenize import IGNORE_INDEX
 from tvaccine.errors import UserError
 from tvaccine.layers import unwrap
-from tvaccine.methods.auxiliary import refuse_sharded_weights
+from tvaccine.methods.auxiliary import MicroSteps, accumulation_scale, refuse_sharded_weights
 from tvaccine.methods.config import AlignmentConfig
 from tvaccine.methods.loss import TargetPositionsLoss
 
@@ -196,33 +196,23 @@ class MetaStepTrainer(TargetPositionsLoss, Trainer):
                             "--harmful-data)")
         self.harmful_dataset = harmful_dataset
         self._tr_term = None  # (params, g_TR, weight) while the outer pass runs
-        self._micro = (-1, 0)  # (optimizer step, micro-steps taken in it)
+        self.micro_steps = MicroSteps()
         self._stats: dict[str, list[float]] = {}
 
     def tamper_resistance_gradient(self, model, inputs, params) -> list[torch.Tensor]:
         raise NotImplementedError
 
     def training_step(self, model, inputs, num_items_in_batch=None):
-        step, micro = self._micro
-        self._micro = (self.state.global_step, micro + 1 if step == self.state.global_step else 0)
+        self.micro_steps.advance(self.state.global_step)
         model.train()
         inputs = self._prepare_inputs(inputs)
         params = [p for p in model.parameters() if p.requires_grad]
         grads = self.tamper_resistance_gradient(model, inputs, params)
-        weight = self.args.tr_weight
-        if self._loss_scaled_for_ga(num_items_in_batch):  # the Trainer will not divide it: a per-micro-step mean
-            weight /= self.current_gradient_accumulation_steps
-        self._tr_term = (params, grads, weight)
+        self._tr_term = (params, grads, self.args.tr_weight * accumulation_scale(self, num_items_in_batch))
         try:
             return super().training_step(model, inputs, num_items_in_batch)
         finally:
             self._tr_term = None
-
-    def _loss_scaled_for_ga(self, num_items_in_batch) -> bool:
-        """Trainer.training_step's rule for whether it divides the loss by the accumulation steps."""
-        if self.loss_is_scaled_for_ga is not None:
-            return self.loss_is_scaled_for_ga
-        return (self.model_accepts_loss_kwargs and num_items_in_batch is not None) or self.compute_loss_func is not None
 
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
         loss = super().compute_loss(model, inputs, return_outputs, num_items_in_batch)
@@ -233,8 +223,7 @@ class MetaStepTrainer(TargetPositionsLoss, Trainer):
 
     def micro_key(self) -> int:
         """A number unique to this micro-step (optimizer step, micro-step within it) for seeds and batch indices."""
-        step, micro = self._micro
-        return step * max(self.args.gradient_accumulation_steps, 1) + micro
+        return self.micro_steps.key(self.args.gradient_accumulation_steps)
 
     def harmful_batch(self, index: int) -> dict:
         rows = batch_rows(self.harmful_dataset, self.args.per_device_train_batch_size, index, self.args.seed + 1)

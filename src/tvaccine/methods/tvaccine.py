@@ -10,15 +10,14 @@ layer and pass 2 stores activations for S layers only; plus one forward/backward
 from __future__ import annotations
 
 import base64
-import os
 from dataclasses import dataclass, field
 
 import torch
 
 from tvaccine.errors import UserError
 from tvaccine.importance import grad_norms, importance_probs, sample_layers, top_layers
-from tvaccine.io import atomic_write_json
 from tvaccine.layers import unwrap
+from tvaccine.methods.auxiliary import load_state, save_state
 from tvaccine.methods.vaccine import VaccineConfig, VaccineTrainer
 from tvaccine.perturb import capture_outputs
 
@@ -227,14 +226,10 @@ class TVaccineTrainer(VaccineTrainer):
 
     def _save_rng_state(self, output_dir: str) -> None:
         super()._save_rng_state(output_dir)
-        if self.args.should_save:
-            atomic_write_json(os.path.join(output_dir, SCHEDULE_FILE), self.schedule.state_dict())
+        save_state(self, output_dir, SCHEDULE_FILE, self.schedule.state_dict())
 
     def _load_rng_state(self, checkpoint) -> None:
         super()._load_rng_state(checkpoint)
-        path = os.path.join(checkpoint, SCHEDULE_FILE) if checkpoint else None
-        if path and os.path.exists(path):
-            import json
-
-            with open(path, encoding="utf-8") as f:
-                self.schedule.load_state_dict(json.load(f))
+        state = load_state(checkpoint, SCHEDULE_FILE)
+        if state:
+            self.schedule.load_state_dict(state)
