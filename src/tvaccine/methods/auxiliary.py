@@ -4,6 +4,7 @@ share (T-Vaccine, TAR, Booster, Lisa, RandomVaccine).
 - ``SeededBatches``: batches of a side data set (Booster's harmful rows, Lisa's alignment rows) in a seeded order,
   reshuffled every pass; its whole state is (pass, position), saved with each checkpoint so a resumed run draws
   exactly the batches an uninterrupted one would have drawn.
+- ``gradient_term``: an extra gradient as a loss term of value zero.
 - ``accumulation_scale``: the factor an added loss term needs so that, summed over the micro-steps of one optimizer
   step, it counts once, whichever way the Trainer normalises its own loss.
 - ``MicroSteps``: which micro-step of which optimizer step is running, for randomness that must be a function of
@@ -17,6 +18,7 @@ import json
 import os
 
 import numpy as np
+import torch
 
 
 class SeededBatches:
@@ -61,6 +63,13 @@ class MicroSteps:
 
     def key(self, accumulation_steps: int) -> int:
         return self.step * max(accumulation_steps, 1) + self.micro
+
+
+def gradient_term(params, grads, weight: float) -> torch.Tensor:
+    """A scalar whose value is 0 and whose gradient w.r.t. each p in ``params`` is ``weight · g``: how Booster's and
+    TAR's extra gradients enter the Trainer's own backward (loss scaling, accumulation, DDP averaging included)."""
+    s = sum((p * g).sum() for p, g in zip(params, grads))
+    return weight * (s - s.detach())
 
 
 def accumulation_scale(trainer, num_items_in_batch) -> float:

@@ -29,8 +29,8 @@ import torch
 from transformers import Trainer
 
 from tvaccine.errors import UserError
-from tvaccine.methods.auxiliary import (SeededBatches, accumulation_scale, load_state, refuse_sharded_weights,
-                                        save_state)
+from tvaccine.methods.auxiliary import (SeededBatches, accumulation_scale, gradient_term, load_state,
+                                        refuse_sharded_weights, save_state)
 from tvaccine.methods.config import AlignmentConfig
 from tvaccine.methods.loss import TargetPositionsLoss
 
@@ -125,10 +125,7 @@ class BoosterTrainer(TargetPositionsLoss, Trainer):
         if self._term is None or return_outputs:
             return out
         params, diff = self._term
-        scale = self.args.lamb * accumulation_scale(self, num_items_in_batch)
-        # value exactly 0, gradient scale·diff w.r.t. each weight: Σ <p − p.detach(), d>
-        term = sum(((p - p.detach()) * d).sum() for p, d in zip(params, diff))
-        return out + scale * term
+        return out + gradient_term(params, diff, self.args.lamb * accumulation_scale(self, num_items_in_batch))
 
     def log(self, logs: dict, *args, **kwargs) -> None:
         if "loss" in logs and self._harmful_log:

@@ -44,7 +44,7 @@ from transformers import Trainer
 from tvaccine.data.tokenize import IGNORE_INDEX
 from tvaccine.errors import UserError
 from tvaccine.layers import unwrap
-from tvaccine.methods.auxiliary import MicroSteps, accumulation_scale, refuse_sharded_weights
+from tvaccine.methods.auxiliary import MicroSteps, accumulation_scale, gradient_term, refuse_sharded_weights
 from tvaccine.methods.config import AlignmentConfig
 from tvaccine.methods.loss import TargetPositionsLoss
 
@@ -154,12 +154,6 @@ def tr_weights(inner_steps: int, every: int, schedule_lambda: float) -> list[flo
     raw = [math.exp(schedule_lambda * (i - (inner_steps - 1))) if (i + 1) % every == 0 else 0.0
            for i in range(inner_steps)]
     return [w / sum(raw) for w in raw]
-
-
-def gradient_term(params, grads, weight: float) -> torch.Tensor:
-    """A scalar whose value is 0 and whose gradient w.r.t. each p in ``params`` is ``weight · g``."""
-    s = sum((p * g).sum() for p, g in zip(params, grads))
-    return weight * (s - s.detach())
 
 
 @lru_cache(maxsize=16)
