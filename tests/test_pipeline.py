@@ -154,3 +154,15 @@ def test_bad_run_configs_are_named(tmp_path, tiny_model_dir):
         load_run_config(bad)
     with pytest.raises(UserError, match="grid.rho must be a non-empty list"):
         expand_sweep({"base": {"model": "x", "output": "y"}, "grid": {"rho": 3}}, "s.yaml")
+
+
+def test_a_run_with_lisa_in_its_attack_passes_the_checks(tiny_model_dir, pack, tmp_path):
+    from tvaccine.errors import UserError
+    from tvaccine.pipeline import check_run_config
+
+    config = run_config(tiny_model_dir, pack, tmp_path / "run")
+    config["attack"].update(defense="lisa", alignment_data=str(pack / "alignment.jsonl"))
+    check_run_config(config, "run.yaml")
+    del config["attack"]["alignment_data"]
+    with pytest.raises(UserError, match="attack.alignment_data: defense lisa needs"):
+        check_run_config(config, "run.yaml")

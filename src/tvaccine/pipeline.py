@@ -40,8 +40,8 @@ AXES = {
 }
 SUMMARY_COLUMNS = ["cell", "method", "defense", "rho", "num_active_layers", "poison_ratio", "sample_num", "task",
                    "attack_lr", "attack_epochs", "seed", "hs_keyword_before", "hs_keyword", "hs_classifier",
-                   "hs_beaver_dam", "over_refusal", "fa", "fa_strict", "align_s", "attack_s", "eval_s", "align_peak_rss_mb",
-                   "attack_peak_rss_mb", "align_dir", "attack_dir", "eval_dir"]
+                   "hs_beaver_dam", "over_refusal", "fa", "fa_strict", "align_s", "attack_s", "eval_s",
+                   "align_peak_rss_mb", "attack_peak_rss_mb", "align_dir", "attack_dir", "eval_dir"]
 
 
 def file_digest(path: str | None) -> str | None:
@@ -110,7 +110,7 @@ def _check_shape(config: dict, where: str) -> None:
     from tvaccine.evaluation.run import EvalSettings
 
     known = {"align": {"method", "data", "harmful_data", "probe_data", "settings", "by_method", "adapter"},
-             "attack": {"task", "data", "harmful", "task_data", "settings"},
+             "attack": {"task", "data", "harmful", "task_data", "settings", "defense", "alignment_data"},
              "eval": {f.name for f in fields(EvalSettings)} - {"model", "adapters", "dtype"} | {"before_attack"}}
     for section, keys in known.items():
         unknown = set(config.get(section) or {}) - keys
@@ -118,7 +118,8 @@ def _check_shape(config: dict, where: str) -> None:
             raise UserError(f"{where}: unknown key(s) {sorted(f'{section}.{k}' for k in unknown)}; "
                             f"{section} has {sorted(keys)}")
     texts = ["model", "output", "dtype", "align.data", "align.harmful_data", "align.probe_data", "align.adapter",
-             "attack.task", "attack.data", "attack.harmful", "attack.task_data"]
+             "attack.task", "attack.data", "attack.harmful", "attack.task_data", "attack.defense",
+             "attack.alignment_data"]
     for dotted in texts:
         value = get_path(config, dotted)
         if value is not None and not isinstance(value, str):
