@@ -20,16 +20,6 @@ def is_finished(output: str | Path) -> bool:
     return (output / ADAPTER_FILE).exists() and (output / SETTINGS_FILE).exists()
 
 
-def encode_file(tokenizer, path, max_length: int, limit: int | None = None, what: str = "data"):
-    from tvaccine.data.files import load_instruction_file
-    from tvaccine.data.tokenize import encode_for_training
-
-    rows = load_instruction_file(path)
-    if limit is not None:
-        rows = rows[:limit]
-    return encode_for_training(tokenizer, rows, max_length, what, str(path)).rows
-
-
 @dataclass
 class AlignmentData:
     """What a method trains on: the alignment file (harmful prompt → refusal, maybe benign rows) and, for the
@@ -51,6 +41,15 @@ class AlignmentData:
 
         return load_instruction_file(self.harmful_data)[: self.harmful_limit]
 
+    def encode(self, records: list[dict], what: str, where: str) -> list[dict]:
+        """Token rows (prompt masked) of ``records``; rows cut to no answer are dropped and counted."""
+        from tvaccine.data.tokenize import encode_for_training
+
+        return encode_for_training(self.tokenizer, records, self.max_length, what, where).rows
+
+    def train_rows(self) -> list[dict]:
+        return self.encode(self.records(), "alignment data", str(self.data))
+
 
 def trainer_inputs(trainer_cls, config, d: AlignmentData) -> dict:
     """The Trainer keyword arguments for the data: ``train_dataset``, ``data_collator`` and, where the method
@@ -61,11 +60,9 @@ def trainer_inputs(trainer_cls, config, d: AlignmentData) -> dict:
     custom = getattr(trainer_cls, "trainer_inputs", None)
     if custom is not None:
         return custom(config, d)
-    out = {"train_dataset": encode_file(d.tokenizer, d.data, d.max_length, what="alignment data"),
-           "data_collator": CausalCollator(d.tokenizer.pad_token_id)}
+    out = {"train_dataset": d.train_rows(), "data_collator": CausalCollator(d.tokenizer.pad_token_id)}
     if d.harmful_data:
-        out["harmful_dataset"] = encode_file(d.tokenizer, d.harmful_data, d.max_length, limit=d.harmful_limit,
-                                             what="harmful data")
+        out["harmful_dataset"] = d.encode(d.harmful_records(), "harmful data", str(d.harmful_data))
     return out
 
 

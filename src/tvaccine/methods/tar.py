@@ -324,9 +324,8 @@ class TARTrainer(MetaStepTrainer):
 
         The refusal of a pair comes from ``tvaccine.data.refusals.write_refusal`` for the harmful row's prompt.
         """
-        from tvaccine.align import encode_file
         from tvaccine.data.refusals import write_refusal
-        from tvaccine.data.tokenize import CausalCollator, encode_for_training, encode_row
+        from tvaccine.data.tokenize import CausalCollator, encode_row
 
         tok, where = data.tokenizer, str(data.harmful_data)
         records = data.harmful_records()
@@ -335,11 +334,10 @@ class TARTrainer(MetaStepTrainer):
         order = torch.randperm(len(records), generator=torch.Generator().manual_seed(config.seed)).tolist()
         n_tr = min(max(1, round(config.tr_fraction * len(records))), len(records) - 1)
         held_out, adversary = [records[i] for i in order[:n_tr]], [records[i] for i in order[n_tr:]]
-        out = {"train_dataset": encode_file(tok, data.data, config.max_length, what="alignment data"),
-               "data_collator": CausalCollator(tok.pad_token_id),
-               "harmful_dataset": encode_for_training(tok, adversary, config.max_length, "harmful data", where).rows}
+        out = {"train_dataset": data.train_rows(), "data_collator": CausalCollator(tok.pad_token_id),
+               "harmful_dataset": data.encode(adversary, "harmful data", where)}
         if config.tr_loss != "dpo":
-            out["tr_dataset"] = encode_for_training(tok, held_out, config.max_length, "held-out TR data", where).rows
+            out["tr_dataset"] = data.encode(held_out, "held-out TR data", where)
             return out
         pairs = []
         for r in held_out:
