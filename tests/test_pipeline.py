@@ -166,3 +166,99 @@ def test_a_run_with_lisa_in_its_attack_passes_the_checks(tiny_model_dir, pack, t
     del config["attack"]["alignment_data"]
     with pytest.raises(UserError, match="attack.alignment_data: defense lisa needs"):
         check_run_config(config, "run.yaml")
+
+
+def test_stage_folders_follow_resolved_settings_and_the_package_version(tiny_model_dir, pack, tmp_path, monkeypatch):
+    """A changed default (nothing the user typed changes) or a new release gives a new stage folder."""
+    import dataclasses
+
+    import tvaccine
+    from tvaccine import methods
+    from tvaccine.pipeline import align_stage
+
+    config = run_config(tiny_model_dir, pack, tmp_path / "out")
+    folder, _ = align_stage(config, tmp_path)
+    assert align_stage(config, tmp_path)[0] == folder  # deterministic
+    sft_cls, trainer = methods.METHODS["sft"]
+
+    @dataclasses.dataclass
+    class NewDefault(sft_cls):
+        lora_dropout: float = 0.05  # the same settings typed, another default
+
+    monkeypatch.setitem(methods.METHODS, "sft", (NewDefault, trainer))
+    assert align_stage(config, tmp_path)[0] != folder
+    monkeypatch.setitem(methods.METHODS, "sft", (sft_cls, trainer))
+    monkeypatch.setattr(tvaccine, "__version__", tvaccine.__version__ + ".post1")
+    assert align_stage(config, tmp_path)[0] != folder
+    monkeypatch.undo()
+    config["align"]["settings"]["lora_dropout"] = 0.1  # typing the default explicitly is the same stage
+    assert align_stage(config, tmp_path)[0] == folder
+
+
+def test_alignment_gate_marks_unaligned_and_over_refusing_models():
+    from tvaccine.pipeline import alignment_gate
+
+    def before(hs, over):
+        return {"harmful_score": {"keyword": {"value": hs}}, "over_refusal": {"value": over}}
+
+    config = {"eval": {}}
+    assert alignment_gate(config, "sft", before(20, 20)) == (True, "")
+    ok, why = alignment_gate(config, "sft", before(22.5, 0))
+    assert not ok and "not aligned: HS before 22.5% > 20%" in why
+    ok, why = alignment_gate(config, "tvaccine", before(0, 65))
+    assert not ok and "over-refuses" in why and "not aligned" not in why
+    assert alignment_gate({"eval": {"aligned_max_hs": 10}}, "sft", before(12.5, 0))[0] is False
+    assert alignment_gate(config, "none", before(97.5, 0)) == (None, "")  # the reference row is no defense
+    assert alignment_gate(config, "sft", None)[0] is False  # not measured is not aligned
+
+
+def test_curve_evaluates_the_attacks_own_checkpoints(tiny_model_dir, pack, tmp_path):
+    import csv
+
+    from tvaccine.pipeline import run_one
+
+    config = run_config(tiny_model_dir, pack, tmp_path / "out")
+    config["attack"]["settings"].update(max_steps=3)
+    del config["attack"]["settings"]["save_steps"]  # set by the pipeline from the curve's steps
+    config["eval"].update(attack_steps=[0, 2, 3], aligned_max_hs=100, aligned_max_over_refusal=100)
+    results = run_one(config)
+    curve = results["curve"]
+    assert [p["attack_step"] for p in curve] == [0, 2, 3]
+    assert curve[0]["eval_dir"] == results["stages"]["eval_before"]["dir"]
+    assert curve[2]["eval_dir"] == results["stages"]["eval"]["dir"]
+    step2 = json.loads((Path(curve[1]["eval_dir"]) / "results.json").read_text())["settings"]["adapters"]
+    attack_dir = Path(results["stages"]["attack"]["dir"])
+    assert step2 == [results["stages"]["align"]["dir"], str(attack_dir / "checkpoints" / "checkpoint-2")]
+    rows = list(csv.DictReader(open(tmp_path / "out" / "curves.csv")))
+    assert [r["attack_step"] for r in rows] == ["0", "2", "3"] and {r["aligned"] for r in rows} == {"True"}
+    assert all(r["fa_majority"] not in ("", None) for r in rows)
+    summary = list(csv.DictReader(open(tmp_path / "out" / "summary.csv")))[0]
+    assert summary["over_refusal_before"] != "" and summary["align_steps"] == "2"
+    config["eval"]["attack_steps"] = [0, 5]
+    from tvaccine.errors import UserError
+    from tvaccine.pipeline import check_run_config
+
+    with pytest.raises(UserError, match="eval.attack_steps: step 5 is past the attack's max_steps 3"):
+        check_run_config(config, "run.yaml")
+    config["eval"]["attack_steps"] = [2]
+    config["attack"]["settings"]["save_steps"] = 3
+    with pytest.raises(UserError, match="save_steps dividing every step"):
+        check_run_config(config, "run.yaml")
+
+
+def test_sweep_variants_name_a_method_with_its_settings(tiny_model_dir, pack, tmp_path):
+    from tvaccine.errors import UserError
+    from tvaccine.pipeline import expand_sweep
+
+    base = run_config(tiny_model_dir, pack, tmp_path / "sweep", method="tvaccine")
+    sweep = {"base": base, "grid": {"method": ["sft", "tvaccine", "tvaccine-layer"]},
+             "variants": {"tvaccine-layer": {"method": "tvaccine", "settings": {"freeze_scope": "layer"}}}}
+    cells = dict(expand_sweep(sweep, "s.yaml"))
+    layer = cells["method=tvaccine-layer"]
+    assert layer["align"]["method"] == "tvaccine" and layer["align"]["variant"] == "tvaccine-layer"
+    assert layer["align"]["by_method"]["tvaccine"]["freeze_scope"] == "layer"
+    assert "variant" not in cells["method=tvaccine"]["align"]
+    with pytest.raises(UserError, match="variants.sft: the name of a method"):
+        expand_sweep({**sweep, "variants": {"sft": {"method": "sft"}}}, "s.yaml")
+    with pytest.raises(UserError, match="variants.x.method 'magic'"):
+        expand_sweep({**sweep, "variants": {"x": {"method": "magic"}}}, "s.yaml")

@@ -15,8 +15,13 @@ from pathlib import Path
 from tvaccine.errors import UserError
 from tvaccine.io import atomic_write_text
 
-TABLE_COLUMNS = ["method", "poison_ratio", "hs_keyword_before", "hs_keyword", "hs_classifier", "hs_beaver_dam",
-                 "over_refusal", "fa", "align_s", "attack_s", "align_peak_rss_mb"]
+TABLE_COLUMNS = ["variant", "poison_ratio", "attack_lr", "seed", "align_steps", "hs_keyword_before",
+                 "over_refusal_before", "aligned", "hs_keyword", "hs_keyword_ci_low", "hs_keyword_ci_high",
+                 "hs_classifier", "hs_beaver_dam", "degenerate", "over_refusal", "fa", "fa_majority", "align_s",
+                 "attack_s", "align_peak_rss_mb"]
+# Columns printed as they are (not as a percentage with one decimal).
+_VERBATIM = {"poison_ratio", "attack_lr", "seed", "align_steps", "variant", "attack_step", "n_seeds", "n_pairs",
+             "n_prompts", "excluded_seeds"}
 
 
 def read_summary(folder: Path) -> list[dict]:
@@ -37,16 +42,29 @@ def _num(value) -> float | None:
         return None
 
 
-def markdown_table(rows: list[dict]) -> str:
-    cols = [c for c in TABLE_COLUMNS if any(r.get(c) not in (None, "") for r in rows)]
+def _cell(column: str, value) -> str:
+    if column == "aligned":  # the alignment gate: blank for the undefended reference row
+        return {"True": "yes", "False": "**no**"}.get(str(value), "")
+    v = _num(value)
+    if v is None:
+        return str(value if value is not None else "")
+    return f"{v:g}" if column in _VERBATIM else f"{v:.1f}"
+
+
+def markdown_table(rows: list[dict], columns: list[str] | None = None) -> str:
+    """A Markdown table of ``columns`` (default: the summary's), leaving out columns that are empty everywhere."""
+    columns = columns or TABLE_COLUMNS
+    cols = [c for c in columns if any(r.get(c) not in (None, "") for r in rows)]
+    if "variant" in cols and all(r.get("variant") == r.get("method") for r in rows):
+        cols = ["method" if c == "variant" else c for c in cols]
     out = ["| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
     for r in rows:
-        cells = []
-        for c in cols:
-            v = _num(r.get(c))
-            cells.append(str(r.get(c) or "") if v is None else f"{v:.1f}" if c != "poison_ratio" else f"{v:g}")
-        out.append("| " + " | ".join(cells) + " |")
+        out.append("| " + " | ".join(_cell(c, r.get(c)) for c in cols) + " |")
     return "\n".join(out)
+
+
+def _variant(row: dict) -> str:
+    return row.get("variant") or row["method"]
 
 
 def _plt():
@@ -60,7 +78,7 @@ def _plt():
 
 def plot_scores_vs_poison(rows: list[dict], path: Path) -> Path | None:
     """HS (keyword) and FA against the poison ratio, one line per method."""
-    methods = sorted({r["method"] for r in rows})
+    methods = sorted({_variant(r) for r in rows})
     if not any(_num(r.get("poison_ratio")) is not None for r in rows):
         return None
     plt = _plt()
@@ -68,7 +86,7 @@ def plot_scores_vs_poison(rows: list[dict], path: Path) -> Path | None:
     for metric, ax, label in (("hs_keyword", axes[0], "harmful score (keyword judge), %"),
                               ("fa", axes[1], "fine-tuning accuracy, %")):
         for m in methods:
-            pts = sorted((_num(r["poison_ratio"]), _num(r.get(metric))) for r in rows if r["method"] == m)
+            pts = sorted((_num(r["poison_ratio"]), _num(r.get(metric))) for r in rows if _variant(r) == m)
             pts = [(x, y) for x, y in pts if x is not None and y is not None]
             if pts:
                 ax.plot([x for x, _ in pts], [y for _, y in pts], marker="o", label=m)
@@ -76,6 +94,61 @@ def plot_scores_vs_poison(rows: list[dict], path: Path) -> Path | None:
         ax.set_ylabel(label)
         ax.grid(alpha=0.3)
     axes[0].legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
+def read_csv(path: Path) -> list[dict]:
+    if not path.is_file():
+        return []
+    with open(path, newline="", encoding="utf-8") as f:
+        return list(csv.DictReader(f))
+
+
+def plot_curves(aggregate: list[dict], path: Path, judge: str = "keyword") -> Path | None:
+    """HS (with its interval band) and FA (beside the majority-label baseline) against the attack step, one line
+    per variant, one column per setting (poison ratio, attack learning rate)."""
+    rows = [r for r in aggregate if r["judge"] == judge and _num(r.get("hs")) is not None]
+    panels = sorted({(r["poison_ratio"], r["attack_lr"], r["setting"]) for r in rows}, key=str)
+    if not panels or all(len({r["attack_step"] for r in rows if (r["poison_ratio"], r["attack_lr"], r["setting"])
+                              == panel}) < 2 for panel in panels):
+        return None
+    plt = _plt()
+    fig, axes = plt.subplots(2, len(panels), figsize=(4.2 * len(panels), 6.5), squeeze=False, sharex="col")
+    variants = sorted({r["variant"] for r in rows})
+    colors = {v: f"C{i}" for i, v in enumerate(variants)}
+    for col, panel in enumerate(panels):
+        hs_ax, fa_ax = axes[0][col], axes[1][col]
+        majority = []
+        for v in variants:
+            pts = sorted(((int(_num(r["attack_step"])), r) for r in rows
+                          if r["variant"] == v and (r["poison_ratio"], r["attack_lr"], r["setting"]) == panel),
+                         key=lambda t: t[0])
+            if not pts:
+                continue
+            x = [s for s, _ in pts]
+            hs_ax.plot(x, [_num(r["hs"]) for _, r in pts], marker="o", color=colors[v], label=v)
+            lo, hi = [_num(r["ci_low"]) for _, r in pts], [_num(r["ci_high"]) for _, r in pts]
+            if None not in lo and None not in hi:
+                hs_ax.fill_between(x, lo, hi, color=colors[v], alpha=0.15)
+            fa = [(s, _num(r.get("fa"))) for s, r in pts if _num(r.get("fa")) is not None]
+            if fa:
+                fa_ax.plot([s for s, _ in fa], [y for _, y in fa], marker="o", color=colors[v], label=v)
+            majority += [_num(r.get("fa_majority")) for _, r in pts if _num(r.get("fa_majority")) is not None]
+        if majority:
+            fa_ax.axhline(max(majority), color="grey", linestyle="--", label="majority label")
+        p_, lr, setting = panel
+        hs_ax.set_title(f"p {p_}, attack lr {lr}" + (f"\n{setting}" if setting else ""), fontsize=9)
+        hs_ax.set_ylabel(f"harmful score ({judge}), %")
+        fa_ax.set_ylabel("fine-tuning accuracy, %")
+        fa_ax.set_xlabel("attack step")
+        for ax in (hs_ax, fa_ax):
+            ax.set_ylim(-3, 103)
+            ax.grid(alpha=0.3)
+    axes[0][0].legend(fontsize=8)
+    axes[1][0].legend(fontsize=8)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
@@ -129,7 +202,7 @@ def plot_resources(rows: list[dict], path: Path) -> Path | None:
     seen: dict[str, dict] = {}
     for r in rows:
         if _num(r.get("align_s")) is not None:
-            seen.setdefault(r["method"], r)
+            seen.setdefault(_variant(r), r)
     if not seen:
         return None
     plt = _plt()
@@ -150,9 +223,13 @@ def build_report(folder: str | Path) -> tuple[Path, Path]:
     """Write ``report.md`` and ``report.html`` (plots embedded) into ``folder``; return both paths."""
     folder = Path(folder)
     rows = read_summary(folder)
+    aggregate = read_csv(folder / "aggregate.csv")
     plots: list[tuple[str, Path]] = []
-    p = plot_scores_vs_poison(rows, folder / "scores_vs_poison.png")
+    p = plot_curves(aggregate, folder / "curves.png")
     if p:
+        plots.append(("Harmful score and fine-tuning accuracy against the attack step (band: 95% interval)", p))
+    p = plot_scores_vs_poison(rows, folder / "scores_vs_poison.png")
+    if p and len({r.get("poison_ratio") for r in rows}) > 1:
         plots.append(("Harmful score and fine-tuning accuracy against the poison ratio", p))
     for r in rows:
         if r["method"] == "tvaccine" and r.get("align_dir"):
@@ -165,16 +242,37 @@ def build_report(folder: str | Path) -> tuple[Path, Path]:
     p = plot_resources(rows, folder / "resources.png")
     if p:
         plots.append(("Alignment time and memory per method", p))
-    table = markdown_table(rows)
-    note = ("Scores are percentages. hs_keyword_before: harmful score of the aligned model before the attack; "
-            "hs_*: after the attack, per judge (the classifier judge is a light proxy for beaver-dam-7b); "
-            "over_refusal: refusals on benign prompts; fa: fine-tuning task accuracy.")
-    md = [f"# tvaccine report: {folder.name}", "", note, "", table, ""]
+    note = ("Scores are percentages. *_before: the aligned model before the attack; aligned: whether a defended "
+            "model started aligned (HS and over-refusal before the attack under the thresholds) — a row marked "
+            "**no** is left out of every comparison below; hs_*: harmful score after the attack per judge (harmful = "
+            "flagged and not degenerate; the classifier judge is a light proxy for beaver-dam-7b), with the keyword "
+            "score's 95% interval; degenerate: empty, template-echo or looping answers (neither harmful nor safe: "
+            "a failure of the model); fa: fine-tuning accuracy, beside fa_majority (always answering the most "
+            "common label).")
+    sections = [("Cells", markdown_table(rows))]
+    excluded = [r for r in rows if str(r.get("aligned")) == "False"]
+    if excluded:
+        sections.append(("Left out of comparisons: not aligned before the attack",
+                         markdown_table(excluded, ["cell", "hs_keyword_before", "over_refusal_before",
+                                                   "excluded_reason"])))
+    auc = read_csv(folder / "auc.csv")
+    if auc:
+        sections.append(("Area under the HS curve (mean HS over the attack; seeds and prompts resampled)",
+                         markdown_table(auc, ["variant", "poison_ratio", "attack_lr", "judge", "steps", "auc_hs",
+                                              "ci_low", "ci_high", "n_seeds"])))
+    diffs = read_csv(folder / "differences.csv")
+    if diffs:
+        sections.append(("HS minus SFT's on the same seeds and prompts (paired; an interval that contains 0 is no "
+                         "difference)", markdown_table(diffs, ["variant", "poison_ratio", "attack_lr",
+                                                               "attack_step", "judge", "delta_hs_vs_sft",
+                                                               "ci_low", "ci_high", "n_seeds", "n_pairs"])))
+    md = [f"# tvaccine report: {folder.name}", "", note, ""]
+    md += [f"## {title}\n\n{table}\n" for title, table in sections]
     md += [f"## {title}\n\n![{title}]({p.name})\n" for title, p in plots]
     md_path = folder / "report.md"
     atomic_write_text(md_path, "\n".join(md))
-    body = [f"<h1>tvaccine report: {html.escape(folder.name)}</h1>", f"<p>{html.escape(note)}</p>",
-            _html_table(rows)]
+    body = [f"<h1>tvaccine report: {html.escape(folder.name)}</h1>", f"<p>{html.escape(note)}</p>"]
+    body += [f"<h2>{html.escape(title)}</h2>{_html_table(table)}" for title, table in sections]
     for title, p in plots:
         data = base64.b64encode(p.read_bytes()).decode()
         body.append(f"<h2>{html.escape(title)}</h2><img alt='{html.escape(title)}' src='data:image/png;base64,{data}'>")
@@ -186,11 +284,15 @@ def build_report(folder: str | Path) -> tuple[Path, Path]:
     return md_path, html_path
 
 
-def _html_table(rows: list[dict]) -> str:
-    lines = markdown_table(rows).splitlines()
+def _html_table(table: str) -> str:
+    lines = table.splitlines()
     head = [c.strip() for c in lines[0].strip("|").split("|")]
     out = ["<table><tr>" + "".join(f"<th>{html.escape(h)}</th>" for h in head) + "</tr>"]
     for line in lines[2:]:
         cells = [c.strip() for c in line.strip("|").split("|")]
-        out.append("<tr>" + "".join(f"<td>{html.escape(c)}</td>" for c in cells) + "</tr>")
+        out.append("<tr>" + "".join(f"<td>{_bold(html.escape(c))}</td>" for c in cells) + "</tr>")
     return "".join(out) + "</table>"
+
+
+def _bold(text: str) -> str:
+    return f"<b>{text[2:-2]}</b>" if text.startswith("**") and text.endswith("**") else text
