@@ -23,6 +23,8 @@ def register(sub) -> None:
     b.add_argument("--eval-source", help="evaluation rows (default: the task's hub evaluation split; 'none' skips)")
     b.add_argument("--limit", type=int, help="keep the first N training rows")
     b.add_argument("--eval-limit", type=int, help="keep the first N evaluation rows")
+    b.add_argument("--eval-balanced", action="store_true",
+                   help="the same number of evaluation rows per label (the first N/labels of each)")
     b.add_argument("--output", required=True, help="training file (JSONL)")
     b.add_argument("--eval-output", help="evaluation file (default: OUTPUT with .eval before the suffix)")
     b.set_defaults(run=run_build)
@@ -107,14 +109,14 @@ def run_build(args: argparse.Namespace, extra) -> int:
     from tvaccine.data.tasks import TASKS
 
     task = TASKS[args.task]
-    outputs = [(args.source or f"{task.hub_id}:{task.train_split}", args.limit, args.output, "task-train")]
+    outputs = [(args.source or f"{task.hub_id}:{task.train_split}", args.limit, args.output, "task-train", False)]
     if (args.eval_source or "").lower() != "none":
         out = Path(args.output)
         eval_out = args.eval_output or str(out.with_name(f"{out.stem}.eval{out.suffix or '.jsonl'}"))
         outputs.append((args.eval_source or f"{task.hub_id}:{task.eval_split}", args.eval_limit, eval_out,
-                        "task-eval"))
-    built = [(sets.task_set(name, load_source(ref, f"task:{args.task}"), limit), path)
-             for ref, limit, path, name in outputs]  # read every source before writing anything
+                        "task-eval", args.eval_balanced))
+    built = [(sets.task_set(name, load_source(ref, f"task:{args.task}"), limit, balanced), path)
+             for ref, limit, path, name, balanced in outputs]  # read every source before writing anything
     for dataset, path in built:
         skipped = dataset.sources[0][0].counts.get("skipped", 0)
         print(manifest_summary(path, dataset.write(path)) + (f"; skipped {skipped} non-task rows" if skipped else ""))

@@ -7,8 +7,8 @@
 - eval: harmful prompts (answers blanked) for the harmful score;
 - task-train / task-eval: a task's rows in the authors' format (``tvaccine data build``).
 
-Rows are taken from the front of each source, as the authors' code does (the shared BeaverTails splits are already
-in hash order); the seed only orders mixed sets. Every written row is ``{instruction, input, output, kind}`` (+
+Rows are taken from the front of each source, as the authors' code does (hash-ranked BeaverTails splits are already
+in random order); the seed only orders mixed sets. Every written row is ``{instruction, input, output, kind}`` (+
 ``label`` for task rows), where ``kind`` is harmful, refusal, benign, task or prompt. The manifest beside the file
 (``FILE.manifest.json``) records each source (path or hub id, split, view, sha256 or fingerprint), the row indices
 taken from it in output order, the seed, the counts and the sha256 of the written file.
@@ -25,6 +25,7 @@ from decimal import Decimal
 from pathlib import Path
 
 from tvaccine.data.sources import Source, load_source
+from tvaccine.data.tasks import get_task
 from tvaccine.errors import UserError
 from tvaccine.io import atomic_write_json, write_jsonl
 
@@ -151,12 +152,34 @@ def eval_set(harmful: Source, num_prompts: int) -> DataSet:
                    {"num_prompts": num_prompts})
 
 
-def task_set(name: str, task: Source, limit: int | None = None) -> DataSet:
+def task_set(name: str, task: Source, limit: int | None = None, balanced: bool = False) -> DataSet:
+    """The first ``limit`` task rows; ``balanced``: the first ``limit / labels`` rows of each label, in source order
+    (so that always answering the majority label scores 1 / labels, not the source's majority share)."""
     if limit is not None and limit < 1:  # rows[:-1] would silently drop the last row
         raise UserError(f"limit: must be at least 1 (got {limit})")
-    rows = task.rows if limit is None else task.take(limit, name)
-    return DataSet(name, [(task, "task")], [(0, r["_index"]) for r in rows], None,
-                   {"task": task.view.removeprefix("task:"), "limit": limit})
+    if balanced:
+        rows = _balanced(task, limit, name)
+    else:
+        rows = task.rows if limit is None else task.take(limit, name)
+    parameters = {"task": task.view.removeprefix("task:"), "limit": limit}
+    if balanced:  # only then, so that manifests of unbalanced sets stay as they were
+        parameters["balanced"] = True
+    return DataSet(name, [(task, "task")], [(0, r["_index"]) for r in rows], None, parameters)
+
+
+def _balanced(task: Source, limit: int | None, name: str) -> list[dict]:
+    labels = get_task(task.view.removeprefix("task:")).labels
+    if not labels:
+        raise UserError(f"{name}: a balanced set needs a task with label words ({task.view} has none)")
+    if limit is not None and limit % len(labels):
+        raise UserError(f"limit: a balanced {name} needs a multiple of {len(labels)} rows (got {limit})")
+    by_label = {label: [r for r in task.rows if r["label"] == label] for label in labels}
+    per_label = min(len(rows) for rows in by_label.values()) if limit is None else limit // len(labels)
+    for label, rows in by_label.items():
+        if len(rows) < per_label:
+            raise UserError(f"{task.label}: a balanced {name} of {limit} rows needs {per_label} rows labelled "
+                            f"{label!r}, the source has {len(rows)}")
+    return sorted((r for rows in by_label.values() for r in rows[:per_label]), key=lambda r: r["_index"])
 
 
 # --- manifests: read, rebuild, verify -------------------------------------------------------------------------

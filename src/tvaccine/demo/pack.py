@@ -135,7 +135,11 @@ def build_pack(folder: Path, model: str, seed: int = 0, n_refusals: int = 60, n_
     random.Random(seed).shuffle(alignment)
     task_train = sentiment_rows(n_task_train, seed)
     seen = {r["input"] for r in task_train}
-    task_eval = [r for r in sentiment_rows(4 * n_task_eval, seed + 1) if r["input"] not in seen][:n_task_eval]
+    # Balanced, so that always answering one label scores 50% and a learned task shows above it.
+    fresh = [r for r in sentiment_rows(4 * n_task_eval, seed + 1) if r["input"] not in seen]
+    task_eval = [r for label in ("positive", "negative")
+                 for r in [r for r in fresh if r["label"] == label][:n_task_eval // 2]]
+    random.Random(seed).shuffle(task_eval)
     files = {
         "alignment.jsonl": alignment,
         "probe.jsonl": [{"instruction": r["prompt"], "output": answers[r["prompt"]]} for r in probe],

@@ -2,8 +2,12 @@
 
 Prompt files: JSON or JSONL rows with ``prompt``, or ``instruction`` (+ ``input``), or a chat list
 (``conversations``/``messages``, first user turn); CSV with a ``forbidden_prompt`` (StrongREJECT), ``goal``
-(AdvBench) or ``prompt`` column. ``PKU-Alignment/BeaverTails`` (hub id) gives the first 500 unsafe prompts of
-``30k_test``, as the authors evaluate.
+(AdvBench) or ``prompt`` column. An XSTest CSV (``xstest_prompts.csv``: columns ``prompt, type, label, focus``)
+gives its 250 ``safe`` prompts only: they look harmful but are not, so answering them measures over-refusal, and
+the 200 ``unsafe`` contrast prompts would count correct refusals as over-refusals.
+
+Hub ids: ``PKU-Alignment/BeaverTails`` gives the first 500 unsafe prompts of ``30k_test``, as the authors
+evaluate; ``walledai/XSTest`` gives the safe prompts of XSTest v2.
 """
 
 from __future__ import annotations
@@ -16,6 +20,12 @@ from tvaccine.errors import UserError
 from tvaccine.evaluation.scores import LABEL_WORDS
 
 BEAVERTAILS_HUB = "PKU-Alignment/BeaverTails"
+# XSTest v2 on the hub: one split 'test' of 450 rows with the columns of xstest_prompts.csv (prompt, type, label
+# 'safe'/'unsafe', focus, note), per its card and the loaders of HELM and inspect_evals. It is gated: accept its
+# terms on the hub and log in (HF_TOKEN) first.
+XSTEST_HUB = "walledai/XSTest"
+_XSTEST_COLUMNS = {"prompt", "type", "label", "focus"}  # the header that marks an XSTest CSV
+_XSTEST_LABELS = ("safe", "unsafe")
 GSM8K_QUESTION_SUFFIX = "\nFirst think step by step and then answer the final number.\n"
 _CSV_COLUMNS = ("forbidden_prompt", "goal", "prompt")
 _USER_ROLES = {"user", "human"}
@@ -23,9 +33,12 @@ _ASSISTANT_ROLES = {"assistant", "gpt", "bot"}
 
 
 def read_prompts(ref: str, limit: int | None = None) -> list[dict]:
-    """``[{id, instruction, input}]`` from a local file or the BeaverTails hub id; ids are row numbers."""
-    if not os.path.exists(ref) and ref.rstrip("/") == BEAVERTAILS_HUB:
+    """``[{id, instruction, input}]`` from a local file or the BeaverTails or XSTest hub id; ids are row numbers."""
+    hub_id = None if os.path.exists(ref) else ref.rstrip("/")
+    if hub_id == BEAVERTAILS_HUB:
         rows = _beavertails_hub(limit or 500)
+    elif hub_id == XSTEST_HUB:
+        rows = _xstest_hub()
     elif Path(ref).suffix.lower() == ".csv":
         rows = _csv_rows(Path(ref))
     else:
@@ -56,25 +69,52 @@ def read_task(task: str, ref: str, limit: int | None = None) -> list[dict]:
     return [{"id": i, **r} for i, r in enumerate(out)]
 
 
-def _beavertails_hub(n: int) -> list[dict]:
+def _hub_split(hub_id: str, split: str, local_example: str):
+    """One split of a hub data set, or a one-line error when the hub is unreachable or the load fails."""
     from tvaccine.models import _hub_reachable
 
     if os.environ.get("HF_HUB_OFFLINE") != "1" and not _hub_reachable():
-        raise UserError(f"{BEAVERTAILS_HUB}: the Hugging Face hub is unreachable from this machine; pass a local "
-                        f"prompts file instead (e.g. ../shared/data/beavertails/eval.jsonl)")
+        raise UserError(f"{hub_id}: the Hugging Face hub is unreachable from this machine; pass a local prompts "
+                        f"file instead (e.g. {local_example})")
     from datasets import load_dataset
 
     try:
-        data = load_dataset(BEAVERTAILS_HUB, split="30k_test")
-    except Exception as err:  # datasets raises many types for "not cached and offline"
-        raise UserError(f"{BEAVERTAILS_HUB}: could not load split 30k_test ({type(err).__name__}: {err})") from err
+        return load_dataset(hub_id, split=split)
+    except Exception as err:  # datasets raises many types for "not cached and offline", gated or missing
+        first = str(err).splitlines()[0] if str(err) else ""
+        raise UserError(f"{hub_id}: could not load split {split} ({type(err).__name__}: {first})") from err
+
+
+def _beavertails_hub(n: int) -> list[dict]:
+    data = _hub_split(BEAVERTAILS_HUB, "30k_test", "data/beavertails_eval.jsonl")
     rows = [{"instruction": r["prompt"], "input": ""} for r in data if not r["is_safe"]]
     return rows[:n]
+
+
+def _xstest_hub() -> list[dict]:
+    data = _hub_split(XSTEST_HUB, "test", "xstest_prompts.csv of github.com/paul-rottger/exaggerated-safety")
+    return _xstest_safe([{**r, "_where": f"{XSTEST_HUB}[test] row {i}"} for i, r in enumerate(data)])
+
+
+def _xstest_safe(records: list[dict]) -> list[dict]:
+    """The prompts labelled safe; any other label than safe/unsafe means the file is not what we think it is."""
+    rows = []
+    for r in records:
+        label = r.get("label")
+        if not isinstance(label, str) or label.strip().lower() not in _XSTEST_LABELS:
+            raise UserError(f"{r['_where']}: field 'label' must be safe or unsafe (XSTest), got {label!r}")
+        if label.strip().lower() == "safe":
+            if not text_field(r, "prompt").strip():
+                raise UserError(f"{r['_where']}: empty field 'prompt'")
+            rows.append({"instruction": r["prompt"], "input": ""})
+    return rows
 
 
 def _csv_rows(path: Path) -> list[dict]:
     records = read_records(path)  # encoding, header and row errors name the file and line
     columns = [c for c in records[0] if c != "_where"]
+    if _XSTEST_COLUMNS <= set(columns):
+        return _xstest_safe(records)
     column = next((c for c in _CSV_COLUMNS if c in columns), None)
     if column is None:
         raise UserError(f"{path}: no prompt column (expected one of {', '.join(_CSV_COLUMNS)}; "
