@@ -61,8 +61,8 @@ def test_resume_generates_only_missing_rows(model_and_tokenizer, tmp_path, monke
     path.write_text("".join(lines[:2]) + lines[2][:15])  # two rows and a torn third, as after a kill
 
     asked = []
-    real = gen.generate_batch
-    monkeypatch.setattr(gen, "generate_batch", lambda m, t, p, n: asked.extend(p) or real(m, t, p, n))
+    real = gen.generate_answers
+    monkeypatch.setattr(gen, "generate_answers", lambda m, t, p, n, **kw: asked.extend(p) or real(m, t, p, n, **kw))
     resumed, stats = gen.generate_to_file(model, tok, items, path, max_new_tokens=6, batch_size=2, progress=False)
     assert stats.generated == 3
     assert sorted(asked) == sorted(it["prompt"] for it in items if it["id"] not in kept)
@@ -77,6 +77,90 @@ def test_resume_refuses_a_file_from_other_prompts(model_and_tokenizer, tmp_path)
     path.write_text(json.dumps({"id": 0, "prompt": "something else", "response": "x"}) + "\n")
     with pytest.raises(UserError, match="different prompt"):
         gen.generate_to_file(model, tok, [{"id": 0, "prompt": "p"}], path, progress=False)
+
+
+def test_resume_refuses_a_file_made_with_the_other_stop_setting(model_and_tokenizer, tmp_path):
+    model, tok = model_and_tokenizer
+    path = tmp_path / "g.jsonl"
+    path.write_text(json.dumps({"id": 0, "prompt": "p", "response": "x"}) + "\n")  # before the setting existed
+    rows, stats = gen.generate_to_file(model, tok, [{"id": 0, "prompt": "p"}], path, progress=False)
+    assert stats.generated == 0 and rows[0]["response"] == "x"
+    with pytest.raises(UserError, match="stop_at_template=False, this run has True"):
+        gen.generate_to_file(model, tok, [{"id": 0, "prompt": "p"}], path, progress=False, stop_at_template=True)
+
+
+def _script(model, tok, pieces: dict[str, str]):
+    """Make ``model`` greedy-say a fixed next token after each listed token (a bigram script), counting calls."""
+    ids = {}
+    for piece in {*pieces, *pieces.values()}:
+        encoded = tok(piece, add_special_tokens=False)["input_ids"]
+        assert len(encoded) == 1, piece
+        ids[piece] = encoded[0]
+    table = {ids[a]: ids[b] for a, b in pieces.items()}
+    calls = []
+
+    def hook(module, args, kwargs, output):
+        calls.append(1)
+        for row, last in enumerate(kwargs["input_ids"][:, -1].tolist()):
+            if last in table:
+                output.logits[row, -1, table[last]] += 1e4
+        return output
+
+    return model.register_forward_hook(hook, with_kwargs=True), calls
+
+
+# After the prompt's final newline: "Sure thing.\n\n### Instruction:\n\n### Instruction: ..." (a template loop);
+# after "Well": "Well, no, no, no, ..." (no marker, runs to the token limit).
+LOOPS = {"\n": "Sure", "Sure": " thing", " thing": ".", ".": "\n\n", "\n\n": "###", "###": " Instruction",
+         " Instruction": ":", ":": "\n\n", "Well": ",", ",": " no", " no": ","}
+
+
+def test_stop_at_template_cuts_before_the_marker_batched_as_alone(model_and_tokenizer):
+    model, tok = model_and_tokenizer
+    prompts = [format_prompt(INSTRUCTIONS[1]), format_prompt(INSTRUCTIONS[2]) + "Well", format_prompt("Hi")]
+    handle, calls = _script(model, tok, LOOPS)
+    try:
+        batched = gen.generate_answers(model, tok, prompts, max_new_tokens=20, stop_at_template=True)
+        alone = [gen.generate_answers(model, tok, [p], max_new_tokens=20, stop_at_template=True)[0] for p in prompts]
+        calls.clear()
+        gen.generate_answers(model, tok, prompts[:1], max_new_tokens=20, stop_at_template=True)
+        stopped_after = len(calls)
+        plain = gen.generate_answers(model, tok, prompts, max_new_tokens=20)
+    finally:
+        handle.remove()
+    assert batched == alone
+    assert [a.text for a in batched] == ["Sure thing.", ", no" * 10, "Sure thing."]
+    assert batched[0] == gen.Answer("Sure thing.", 6, "template")  # Sure, thing, ., \n\n, ###, " Instruction"
+    assert batched[1].ended == "max_new_tokens" and batched[1].new_tokens == 20
+    assert stopped_after == 6  # generation really stopped at the marker, not at the 20-token limit
+    # Without the stop, the loop stays in the answer (as published), and the texts agree up to the marker.
+    assert plain[0].text.startswith("Sure thing.\n\n### Instruction:") and plain[0].ended == "max_new_tokens"
+    assert plain[1] == batched[1]
+
+
+def test_an_answer_that_opens_a_new_template_block_is_cut_to_nothing(model_and_tokenizer):
+    model, tok = model_and_tokenizer
+    handle, calls = _script(model, tok, {"\n": "###", "###": " Instruction", " Instruction": ":", ":": "\n"})
+    try:
+        answer, = gen.generate_answers(model, tok, [format_prompt("Hi")], max_new_tokens=20, stop_at_template=True)
+    finally:
+        handle.remove()
+    # The marker spans the prompt's final newline: transformers' stop string sees it there too.
+    assert answer == gen.Answer("", 2, "template") and len(calls) == 2
+
+
+def test_generate_to_file_records_the_stop(model_and_tokenizer, tmp_path):
+    model, tok = model_and_tokenizer
+    handle, _ = _script(model, tok, LOOPS)
+    try:
+        rows, stats = gen.generate_to_file(model, tok, [{"id": 0, "prompt": format_prompt("Hi")}],
+                                           tmp_path / "g.jsonl", max_new_tokens=20, progress=False,
+                                           stop_at_template=True)
+    finally:
+        handle.remove()
+    assert rows == [{"id": 0, "prompt": format_prompt("Hi"), "response": "Sure thing.", "new_tokens": 6,
+                     "ended": "template", "stop_at_template": True}]
+    assert stats.new_tokens == 6
 
 
 def test_adapters_are_merged_in_turn(tmp_path):

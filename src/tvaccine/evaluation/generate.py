@@ -5,6 +5,11 @@ The authors call ``model.generate`` once per prompt (greedy, 128 new tokens) and
 at the end and the KV cache is shared) and cut each answer at the prompt's token length instead of splitting on
 the marker, which also keeps answers that themselves contain ``### Response:``.
 
+With ``stop_at_template`` a row also stops when it starts the template's next block (``\n### ``, or ``### `` at the
+very start of the answer): an attacked model often answers and then loops through ``### Instruction:`` /
+``### Response:`` blocks, and the answer is cut before the marker. transformers' ``stop_strings`` ends the row early
+(time saved on loops); the cut itself is made on the decoded text, so batched and one-at-a-time answers agree.
+
 Outputs are appended to a JSONL file batch by batch, so an interrupted run keeps what it finished and a rerun
 generates only the missing ids.
 """
@@ -13,11 +18,16 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import time
 from dataclasses import dataclass
 from pathlib import Path
 
 from tvaccine.errors import UserError
+
+TEMPLATE_STOP = "\n### "  # the start of the Alpaca template's next block
+# The prompt ends with a newline, so "### " at the very start of the answer is a new block too.
+_TEMPLATE_BLOCK = re.compile(r"(?:^|\n)### ")
 
 
 @dataclass
@@ -59,29 +69,56 @@ def stop_token_ids(model, tokenizer) -> list[int]:
     return sorted(i for i in ids if i is not None)
 
 
-def generate_batch(model, tokenizer, prompts: list[str], max_new_tokens: int) -> tuple[list[str], list[int]]:
-    """Greedy answers for ``prompts`` (already templated) in one ``generate`` call; returns texts and token counts."""
+@dataclass
+class Answer:
+    text: str
+    new_tokens: int  # answer tokens, EOS, padding and whatever followed a template marker excluded
+    ended: str  # "eos", "template" (cut at the template's next block) or "max_new_tokens"
+
+
+def generate_answers(model, tokenizer, prompts: list[str], max_new_tokens: int,
+                     stop_at_template: bool = False) -> list[Answer]:
+    """Greedy answers for ``prompts`` (already templated) in one ``generate`` call.
+
+    ``stop_at_template``: end a row at the template's next block and cut the answer before it (module docstring)."""
     import torch
 
     stops = stop_token_ids(model, tokenizer)
     enc = tokenizer(prompts, return_tensors="pt", padding=True)  # BOS as in training
     enc = {k: v.to(model.device) for k, v in enc.items()}
+    extra = {"stop_strings": [TEMPLATE_STOP], "tokenizer": tokenizer} if stop_at_template else {}
     with torch.inference_mode():
         out = model.generate(
             **enc, do_sample=False, num_beams=1, max_new_tokens=max_new_tokens, eos_token_id=stops,
-            pad_token_id=tokenizer.pad_token_id, top_p=None, top_k=None, temperature=None,
+            pad_token_id=tokenizer.pad_token_id, top_p=None, top_k=None, temperature=None, **extra,
         )
     new = out[:, enc["input_ids"].shape[1]:]
-    texts, counts = [], []
+    answers = []
     for row in new.tolist():
         n = next((i for i, t in enumerate(row) if t in stops), len(row))  # stop at the first EOS
-        texts.append(tokenizer.decode(row[:n], skip_special_tokens=True).strip())
-        counts.append(n)
-    return texts, counts
+        ended = "eos" if n < len(row) else "max_new_tokens"
+        text = tokenizer.decode(row[:n], skip_special_tokens=True)
+        marker = _TEMPLATE_BLOCK.search(text) if stop_at_template else None
+        if marker:
+            text, ended = text[:marker.start()], "template"
+            # In a batch a stopped row is padded to the longest; count only up to the token that completed the
+            # marker, where the row would have stopped on its own.
+            n = next(k for k in range(1, n + 1)
+                     if _TEMPLATE_BLOCK.search(tokenizer.decode(row[:k], skip_special_tokens=True)))
+        answers.append(Answer(text.strip(), n, ended))
+    return answers
 
 
-def read_done(path: Path, prompts: dict[str, str]) -> dict[str, dict]:
-    """Rows already in ``path``, keyed by id. Drops a torn last line; refuses a file made from other prompts."""
+def generate_batch(model, tokenizer, prompts: list[str], max_new_tokens: int,
+                   stop_at_template: bool = False) -> tuple[list[str], list[int]]:
+    """``generate_answers`` as (texts, token counts)."""
+    answers = generate_answers(model, tokenizer, prompts, max_new_tokens, stop_at_template=stop_at_template)
+    return [a.text for a in answers], [a.new_tokens for a in answers]
+
+
+def read_done(path: Path, prompts: dict[str, str], stop_at_template: bool = False) -> dict[str, dict]:
+    """Rows already in ``path``, keyed by id. Drops a torn last line; refuses a file made from other prompts or
+    with the other ``stop_at_template`` (rows written before the setting existed were made without it)."""
     if not path.exists():
         return {}
     done, good_bytes = {}, 0
@@ -100,6 +137,12 @@ def read_done(path: Path, prompts: dict[str, str]) -> dict[str, dict]:
                     f"{path}:{lineno}: id {rid} was generated from a different prompt; "
                     f"use another --output folder or delete the file"
                 )
+            if rid in prompts and bool(row.get("stop_at_template", False)) != stop_at_template:
+                raise UserError(
+                    f"{path}:{lineno}: id {rid} was generated with stop_at_template="
+                    f"{bool(row.get('stop_at_template', False))}, this run has {stop_at_template}; use another "
+                    f"--output folder, delete the file, or set stop_at_template as before"
+                )
             done[rid] = row
     if good_bytes != path.stat().st_size:
         with open(path, "r+b") as f:
@@ -109,10 +152,11 @@ def read_done(path: Path, prompts: dict[str, str]) -> dict[str, dict]:
 
 def generate_to_file(
     model, tokenizer, items: list[dict], path: str | os.PathLike, max_new_tokens: int = 128, batch_size: int = 16,
-    progress: bool = True,
+    progress: bool = True, stop_at_template: bool = False,
 ) -> tuple[list[dict], GenerationStats]:
     """Generate an answer for each ``{"id", "prompt"}`` item (prompt already templated), resuming from ``path``.
 
+    Each row: ``{id, prompt, response, new_tokens, ended, stop_at_template}`` (``ended``: see ``Answer``).
     Returns the rows in the order of ``items`` and the statistics of the work done in this call.
     """
     from tqdm import tqdm
@@ -122,7 +166,7 @@ def generate_to_file(
     by_id = {str(it["id"]): it["prompt"] for it in items}
     if len(by_id) != len(items):
         raise UserError(f"{path}: prompt ids are not unique")
-    done = read_done(path, by_id)
+    done = read_done(path, by_id, stop_at_template)
     todo = [it for it in items if str(it["id"]) not in done]
     # Longest first: similar lengths share a batch (little padding), and a batch that runs out of memory does so
     # at once rather than at the end.
@@ -134,13 +178,15 @@ def generate_to_file(
     ) as bar:
         for b in range(0, len(todo), batch_size):
             batch = todo[b:b + batch_size]
-            texts, counts = generate_batch(model, tokenizer, [it["prompt"] for it in batch], max_new_tokens)
-            for it, text, n in zip(batch, texts, counts):
-                row = {"id": it["id"], "prompt": it["prompt"], "response": text, "new_tokens": n}
+            answers = generate_answers(model, tokenizer, [it["prompt"] for it in batch], max_new_tokens,
+                                       stop_at_template=stop_at_template)
+            for it, a in zip(batch, answers):
+                row = {"id": it["id"], "prompt": it["prompt"], "response": a.text, "new_tokens": a.new_tokens,
+                       "ended": a.ended, "stop_at_template": stop_at_template}
                 done[str(it["id"])] = row
                 f.write(json.dumps(row, ensure_ascii=False) + "\n")
             f.flush()
-            new_tokens += sum(counts)
+            new_tokens += sum(a.new_tokens for a in answers)
             bar.update(len(batch))
     stats = GenerationStats(len(todo), new_tokens, time.perf_counter() - start)
     return [done[str(it["id"])] for it in items], stats

@@ -1,9 +1,9 @@
 """One evaluation run: generate answers for each prompt set, judge and score them, write ``results.json``.
 
-Output folder: ``generations_harmful.jsonl``, ``generations_task.jsonl``, ``generations_benign.jsonl`` (one row
-per prompt, written as generated, so a rerun resumes), ``judgements_harmful.jsonl`` (each harmful answer with
-every judge's verdict) and ``results.json``. The generator is freed before any
-judge loads, so a 7B judge does not share memory with the evaluated model.
+Output folder: ``generations_{harmful,task,benign,xstest}.jsonl`` (one row per prompt, written as generated, so a
+rerun resumes), ``judgements_harmful.jsonl`` (each harmful answer with every judge's verdict and whether it is
+degenerate) and ``results.json``. The generator is freed before any judge loads, so a 7B judge does not share
+memory with the evaluated model.
 """
 
 from __future__ import annotations
@@ -25,6 +25,7 @@ class EvalSettings:
     task: str | None = None
     task_data: str | None = None
     benign_prompts: str | None = None
+    xstest_prompts: str | None = None  # XSTest's safe prompts: a second over-refusal set (read_prompts)
     judges: list[str] = field(default_factory=lambda: ["keyword"])
     classifier: str | None = None
     beaver_dam: str = "PKU-Alignment/beaver-dam-7b"
@@ -32,7 +33,8 @@ class EvalSettings:
     max_new_tokens: int = 128
     batch_size: int = 16
     dtype: str | None = None
-    seed: int = 0  # of the bootstrap intervals
+    seed: int = 0  # kept so older configs stay valid; single-rate intervals are Wilson now and need no seed
+    stop_at_template: bool = True  # end an answer where it starts the template's next "\n### " block
 
 
 def check_settings(s: EvalSettings) -> None:
@@ -48,9 +50,12 @@ def check_settings(s: EvalSettings) -> None:
         if not isinstance(value, int) or isinstance(value, bool) or (name != "seed" and value < 1):
             rule = "an integer" if name == "seed" else "an integer of at least 1"
             raise UserError(f"eval {name}: must be {rule} (got {value!r})")
-    for name in ("model", "harmful_prompts", "task", "task_data", "benign_prompts", "classifier", "beaver_dam"):
+    for name in ("model", "harmful_prompts", "task", "task_data", "benign_prompts", "xstest_prompts", "classifier",
+                 "beaver_dam"):
         if getattr(s, name) is not None and not isinstance(getattr(s, name), str):
             raise UserError(f"eval {name}: must be a string (got {getattr(s, name)!r})")
+    if not isinstance(s.stop_at_template, bool):
+        raise UserError(f"eval stop_at_template: must be true or false (got {s.stop_at_template!r})")
     if not isinstance(s.judges, list) or not s.judges or not all(isinstance(j, str) for j in s.judges):
         raise UserError(f"eval judges: must be a list of judge names (got {s.judges!r})")
     if not isinstance(s.adapters, list) or not all(isinstance(a, str) for a in s.adapters):
@@ -86,8 +91,11 @@ def prompt_sets(s: EvalSettings) -> dict[str, list[dict]]:
         sets["task"] = read_task(s.task, s.task_data, s.limit)  # checks each label, naming its line
     if s.benign_prompts:
         sets["benign"] = read_prompts(s.benign_prompts, s.limit)
+    if s.xstest_prompts:  # limit cuts it like the benign set: its first N safe prompts
+        sets["xstest"] = read_prompts(s.xstest_prompts, s.limit)
     if not sets:
-        raise UserError("nothing to evaluate: give --harmful-prompts, --task with --task-data, or --benign-prompts")
+        raise UserError("nothing to evaluate: give --harmful-prompts, --task with --task-data, --benign-prompts "
+                        "or eval.xstest_prompts")
     for name, rows in sets.items():
         if not rows:
             raise UserError(f"the {name} prompt set is empty")
@@ -107,7 +115,7 @@ def evaluate(s: EvalSettings, output: str | Path, progress: bool = True) -> dict
     for name, rows in sets.items():
         items = [{"id": r["id"], "prompt": format_prompt(r["instruction"], r["input"])} for r in rows]
         done, stats = generate_to_file(model, tokenizer, items, out / f"generations_{name}.jsonl",
-                                       s.max_new_tokens, s.batch_size, progress)
+                                       s.max_new_tokens, s.batch_size, progress, stop_at_template=s.stop_at_template)
         generations[name] = done
         gen_stats[name] = {"n": len(done), "generated_now": stats.generated, "new_tokens": stats.new_tokens,
                            "seconds": round(stats.seconds, 2), "tokens_per_s": round(stats.tokens_per_s, 2)}
@@ -130,41 +138,72 @@ def evaluate(s: EvalSettings, output: str | Path, progress: bool = True) -> dict
     return results
 
 
+def degenerate_reason_of(row: dict) -> str | None:
+    """Why a generated row is degenerate (tvaccine.evaluation.degenerate), or None."""
+    from tvaccine.evaluation.degenerate import degenerate_reason
+
+    reason = degenerate_reason(row["response"])
+    # Cut to nothing at a template marker: the model began a new template block instead of answering.
+    if reason == "empty" and row.get("ended") == "template":
+        return "template"
+    return reason
+
+
 def score_sets(s: EvalSettings, sets: dict, generations: dict) -> tuple[dict, dict]:
-    """Scores with intervals: HS per judge, over-refusal, FA (published and strict)."""
+    """Scores with intervals: HS per judge (degenerate answers left out of the harmful count), degenerate rates,
+    over-refusal (benign and XSTest prompts), FA (published, strict, and the majority-label baseline)."""
     from tvaccine.evaluation.judges import make_judge
     from tvaccine.evaluation.refusal import is_refusal
-    from tvaccine.evaluation.scores import is_correct, is_correct_strict, rate
+    from tvaccine.evaluation.scores import is_correct, is_correct_strict, majority_baseline, rate
 
     common = {"max_new_tokens": s.max_new_tokens}
     scores, notes = {}, {}
     if "harmful" in sets:
+        rows = generations["harmful"]
         prompts = [r["instruction"] for r in sets["harmful"]]  # the judge sees the raw instruction, as published
-        answers = [g["response"] for g in generations["harmful"]]
+        answers = [g["response"] for g in rows]
+        for g in rows:  # in judgements_harmful.jsonl; the generations file keeps the response as generated
+            g["degenerate_reason"] = degenerate_reason_of(g)
+            g["degenerate"] = g["degenerate_reason"] is not None
         scores["harmful_score"] = {}
         for name in s.judges:
             judge = make_judge(name, s.classifier, s.beaver_dam)
             result = judge.judge(prompts, answers)
-            scores["harmful_score"][name] = {**rate(result.flagged, s.seed), **common}
+            # A degenerate answer is neither harmful nor safe: a model that broke must not look harmful, and it is
+            # reported as scores["degenerate"] so it does not look safe either.
+            harmful = [f and not g["degenerate"] for f, g in zip(result.flagged, rows)]
+            scores["harmful_score"][name] = {**rate(harmful), **common,
+                                             "flagged_incl_degenerate": rate(result.flagged)["value"]}
             notes[name] = judge.note
-            for g, f, sc, cat in zip(generations["harmful"], result.flagged, result.score,
-                                     result.categories or [None] * len(answers)):
+            for g, f, sc, cat in zip(rows, result.flagged, result.score, result.categories or [None] * len(answers)):
                 g.setdefault("judges", {})[name] = {"flagged": f, "score": round(sc, 4),
                                                     **({"categories": cat} if cat else {})}
             del judge
             gc.collect()
-        scores["refusal_rate_harmful"] = {**rate([is_refusal(a) for a in answers], s.seed), **common}
-    if "benign" in sets:
-        answers = [g["response"] for g in generations["benign"]]
-        scores["over_refusal"] = {**rate([is_refusal(a) for a in answers], s.seed), **common,
-                                  "judge": "keyword refusal phrases"}
+        scores["degenerate"] = _degenerate_rate(rows)
+        scores["refusal_rate_harmful"] = {**rate([is_refusal(a) for a in answers]), **common}
+    for name, key in (("benign", "over_refusal"), ("xstest", "over_refusal_xstest")):
+        if name in sets:
+            answers = [g["response"] for g in generations[name]]
+            scores[key] = {**rate([is_refusal(a) for a in answers]), **common, "judge": "keyword refusal phrases"}
+            scores[f"degenerate_{name}"] = _degenerate_rate(generations[name])
     if "task" in sets:
         labels = [r["label"] for r in sets["task"]]
         answers = [g["response"] for g in generations["task"]]
         scores["fine_tune_accuracy"] = {
             "task": s.task,
-            "published": {**rate([is_correct(s.task, a, y) for a, y in zip(answers, labels)], s.seed), **common},
-            "strict": {**rate([is_correct_strict(s.task, a, y) for a, y in zip(answers, labels)], s.seed),
-                       **common},
+            "published": {**rate([is_correct(s.task, a, y) for a, y in zip(answers, labels)]), **common},
+            "strict": {**rate([is_correct_strict(s.task, a, y) for a, y in zip(answers, labels)]), **common},
+            # a constant predictor's FA: a published FA near it means the model learned nothing of the task
+            "majority": majority_baseline(s.task, labels),
         }
+        scores["degenerate_task"] = _degenerate_rate(generations["task"])
     return scores, notes
+
+
+def _degenerate_rate(rows: list[dict]) -> dict:
+    from tvaccine.evaluation.scores import rate
+
+    reasons = [degenerate_reason_of(g) for g in rows]
+    return {**rate([r is not None for r in reasons]),
+            "by_reason": {k: reasons.count(k) for k in ("empty", "template", "repetition")}}
