@@ -5,7 +5,7 @@ Each bad setting is given four ways where it applies: ``tvaccine align --key val
 ``attack.settings``). Each must exit 2 with one line naming the setting and where it came from (the recipe file or
 the command line), with no traceback, nothing written and no model loaded (settings that depend on the model, such as
 ``num_active_layers`` above the layer count, are checked on a meta-device skeleton). 
-Inputs tried here: 141 (350 runs); by kind in tests/README.md (checked by test_fuzz_readme_counts).
+Inputs tried here: 148 (357 runs); by kind in tests/README.md (checked by test_fuzz_readme_counts).
 """
 
 from __future__ import annotations
@@ -354,6 +354,19 @@ RUN_CASES = [
                  id="prompts-list"),
     pytest.param("wrong type", ("set", "eval.before_attack", "yes"), "eval.before_attack must be true or false",
                  id="before-attack-string"),
+    pytest.param("wrong type", ("set", "eval.attack_steps", "10"), "eval.attack_steps must be a list of attack "
+                 "steps", id="attack-steps-string"),
+    pytest.param("wrong type", ("set", "eval.curve_sets", "harmful"), "eval.curve_sets must be a list",
+                 id="curve-sets-string"),
+    pytest.param("wrong type", ("set", "eval.stop_at_template", "no"), "eval stop_at_template: must be true or false",
+                 id="stop-at-template-string"),
+    pytest.param("impossible setting", ("set", "eval.attack_steps", [0, -5]), "integers ≥ 0", id="attack-steps-neg"),
+    pytest.param("impossible setting", ("set", "eval.curve_sets", ["harmful", "tox"]), "among harmful, task",
+                 id="curve-sets-bogus"),
+    pytest.param("impossible setting", ("set", "eval.aligned_max_hs", 120), "eval.aligned_max_hs must be a "
+                 "percentage in [0, 100]", id="gate-over-100"),
+    pytest.param("impossible setting", ("set", "align.variant", 3), "align.variant must be a string",
+                 id="variant-int"),
     pytest.param("impossible setting", ("set", "align.method", "magic"), "align.method 'magic' is not one of",
                  id="method-bogus"),
     pytest.param("impossible setting", ("set", "attack.task", "mnli"), "unknown task 'mnli'", id="task-bogus"),

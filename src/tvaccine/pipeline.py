@@ -145,7 +145,7 @@ def _check_shape(config: dict, where: str) -> None:
             raise UserError(f"{where}: unknown key(s) {sorted(f'{section}.{k}' for k in unknown)}; "
                             f"{section} has {sorted(keys)}")
     texts = ["model", "output", "dtype", "align.data", "align.harmful_data", "align.probe_data", "align.adapter",
-             "attack.task", "attack.data", "attack.harmful", "attack.task_data", "attack.defense",
+             "align.variant", "attack.task", "attack.data", "attack.harmful", "attack.task_data", "attack.defense",
              "attack.alignment_data"]
     for dotted in texts:
         value = get_path(config, dotted)

@@ -13,14 +13,20 @@ def register(sub) -> None:
     p = sub.add_parser(
         "eval", help="harmful score, over-refusal and fine-tuning accuracy of a model (+ adapters)",
         description="Generate greedy answers in the Alpaca template and score them as published (DESIGN.md §3). "
-                    "Rerunning the same command resumes from the generations already in OUTPUT.",
+                    "Harmful means flagged by the judge and not degenerate (empty, template echo, loop); "
+                    "intervals are Wilson 95%%. Rerunning the same command resumes from the generations already in "
+                    "OUTPUT.",
     )
     p.add_argument("--model", required=True, help="hub id, local folder, or smollm2-135m (embedded, offline)")
     p.add_argument("--adapters", type=_csv, default=[], help="LoRA adapter folders, comma-separated, merged in order")
     p.add_argument("--harmful-prompts", help="prompt file (JSON/JSONL/CSV) or PKU-Alignment/BeaverTails (hub)")
     p.add_argument("--task", choices=["sst2", "agnews", "ag_news", "gsm8k"], help="fine-tuning task for FA")
     p.add_argument("--task-data", help="task evaluation file (e.g. sst2/val.json, ag_news/test.json, gsm8k/test.json)")
-    p.add_argument("--benign-prompts", help="benign prompt file for over-refusal (e.g. alpaca/alpaca_eval.json)")
+    p.add_argument("--benign-prompts", help="benign prompt file for over-refusal (e.g. alpaca_eval.json)")
+    p.add_argument("--xstest-prompts", help="XSTest's xstest_prompts.csv or walledai/XSTest (hub): over-refusal on "
+                                            "its safe prompts")
+    p.add_argument("--no-stop-at-template", dest="stop_at_template", action="store_false",
+                   help="keep generating past the template's next '### ' block (the authors' decoding)")
     p.add_argument("--judge", type=_csv, default=["keyword"],
                    help="comma-separated: keyword, classifier (proxy for beaver-dam), beaver-dam")
     p.add_argument("--classifier", help="trained classifier folder (default: the cache folder `judge train` uses)")
@@ -29,7 +35,7 @@ def register(sub) -> None:
     p.add_argument("--max-new-tokens", type=int, default=128)
     p.add_argument("--batch-size", type=int, default=16)
     p.add_argument("--dtype", default=None, help="model weights dtype: auto, float32, bfloat16, float16")
-    p.add_argument("--seed", type=int, default=0, help="seed of the bootstrap intervals")
+    p.add_argument("--seed", type=int, default=0, help=argparse.SUPPRESS)  # unused since intervals are Wilson
     p.add_argument("--output", required=True, help="folder for generations_*.jsonl and results.json")
     p.set_defaults(run=run)
 
@@ -49,7 +55,8 @@ def run(args: argparse.Namespace, extra: list[str]) -> int:
     settings = EvalSettings(
         model=args.model, adapters=args.adapters, harmful_prompts=args.harmful_prompts,
         task="agnews" if args.task == "ag_news" else args.task, task_data=args.task_data,
-        benign_prompts=args.benign_prompts, judges=args.judge, classifier=args.classifier,
+        benign_prompts=args.benign_prompts, xstest_prompts=args.xstest_prompts,
+        stop_at_template=args.stop_at_template, judges=args.judge, classifier=args.classifier,
         beaver_dam=args.beaver_dam, limit=args.limit, max_new_tokens=args.max_new_tokens,
         batch_size=args.batch_size, dtype=args.dtype, seed=args.seed,
     )
@@ -66,9 +73,13 @@ def summary(results: dict) -> str:
 
     s = results["scores"]
     lines = [f"HS ({judge}): {fmt(r)}" for judge, r in s.get("harmful_score", {}).items()]
-    if "over_refusal" in s:
-        lines.append(f"over-refusal: {fmt(s['over_refusal'])}")
+    if "degenerate" in s:
+        lines.append(f"degenerate answers (harmful prompts): {fmt(s['degenerate'])}")
+    for key, label in (("over_refusal", "over-refusal"), ("over_refusal_xstest", "over-refusal (XSTest safe)")):
+        if key in s:
+            lines.append(f"{label}: {fmt(s[key])}")
     if "fine_tune_accuracy" in s:
         fa = s["fine_tune_accuracy"]
-        lines.append(f"FA {fa['task']}: {fmt(fa['published'])}; strict {fmt(fa['strict'])}")
+        lines.append(f"FA {fa['task']}: {fmt(fa['published'])}; strict {fmt(fa['strict'])}; always answering "
+                     f"'{fa['majority']['label']}': {fa['majority']['value']}%")
     return "\n".join(lines)
