@@ -77,7 +77,9 @@ def test_topk_ablation_trains_the_most_important_layers(tmp_path):
     [probs] = [h["tvaccine/layer_probs"] for h in trainer.state.log_history if "tvaccine/layer_probs" in h]
     [(_, active)] = active_history(trainer)
     assert set(active) == set(torch.tensor(probs).topk(2).indices.tolist())
-    assert changed_layers(before, trainer.model) == set(active)
+    # the default freeze scope (attention): attention LoRA of the active layers only, MLP LoRA of every layer
+    assert changed_layers(before, trainer.model, "self_attn") == set(active)
+    assert changed_layers(before, trainer.model, "mlp") == set(range(N_LAYERS))
 
 
 def test_no_perturbation_ablation_is_tvaccine_at_rho_zero_without_pass_one(tmp_path):

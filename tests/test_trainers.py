@@ -34,7 +34,8 @@ def active_history(trainer):
 
 
 def test_tvaccine_step_changes_only_the_active_layers(tmp_path):
-    trainer = make_trainer("tvaccine", tmp_path, num_active_layers=2)
+    """The paper's text: inactive layers freeze all their LoRA."""
+    trainer = make_trainer("tvaccine", tmp_path, num_active_layers=2, freeze_scope="layer")
     before = lora_by_layer(trainer.model)
     trainer.train()
     [(_, active)] = active_history(trainer)
@@ -45,8 +46,9 @@ def test_tvaccine_step_changes_only_the_active_layers(tmp_path):
 
 
 def test_attention_freeze_scope_keeps_every_mlp_trainable(tmp_path):
-    """The original code's behaviour: inactive layers freeze only their attention LoRA."""
-    trainer = make_trainer("tvaccine", tmp_path, num_active_layers=2, freeze_scope="attention")
+    """The original code's behaviour, our default: inactive layers freeze only their attention LoRA."""
+    trainer = make_trainer("tvaccine", tmp_path, num_active_layers=2)
+    assert trainer.args.freeze_scope == "attention"
     before = lora_by_layer(trainer.model)
     trainer.train()
     [(_, active)] = active_history(trainer)
@@ -78,14 +80,16 @@ def test_perturbation_has_norm_rho_over_the_active_layers(tmp_path):
     assert torch.sqrt(sum(e.pow(2).sum() for e in eps)).item() == pytest.approx(2.5, rel=1e-5)
 
 
-def test_rho_zero_is_exactly_an_sft_step_on_the_same_trainable_set(tmp_path):
-    tv = make_trainer("tvaccine", tmp_path / "tv", num_active_layers=2, rho=0.0)
+@pytest.mark.parametrize("scope", ["attention", "layer"])
+def test_rho_zero_is_exactly_an_sft_step_on_the_same_trainable_set(tmp_path, scope):
+    tv = make_trainer("tvaccine", tmp_path / "tv", num_active_layers=2, rho=0.0, freeze_scope=scope)
     tv.train()
     [(_, active)] = active_history(tv)
 
     model = with_lora(tiny_llama(N_LAYERS))  # same seeds: identical start
     for name, p in model.named_parameters():
-        if "lora_" in name and int(name.split(".layers.")[1].split(".")[0]) not in active:
+        inactive = "lora_" in name and int(name.split(".layers.")[1].split(".")[0]) not in active
+        if inactive and (scope == "layer" or "self_attn" in name):
             p.requires_grad_(False)
     sft = make_trainer("sft", tmp_path / "sft", model=model)
     sft.train()
@@ -102,9 +106,10 @@ def _grads_after_step(tmp_path, checkpoint_inactive, method="tvaccine", **kw):
     return {n: p.grad.clone() for n, p in trainer.model.named_parameters() if p.grad is not None}, trainer
 
 
-def test_checkpointing_the_inactive_layers_does_not_change_the_gradients(tmp_path):
-    plain, _ = _grads_after_step(tmp_path / "a", False)
-    ckpt, trainer = _grads_after_step(tmp_path / "b", True)
+@pytest.mark.parametrize("scope", ["attention", "layer"])
+def test_checkpointing_the_inactive_layers_does_not_change_the_gradients(tmp_path, scope):
+    plain, _ = _grads_after_step(tmp_path / "a", False, freeze_scope=scope)
+    ckpt, trainer = _grads_after_step(tmp_path / "b", True, freeze_scope=scope)
     assert plain.keys() == ckpt.keys() and plain
     for name in plain:
         assert torch.allclose(plain[name], ckpt[name], atol=1e-6, rtol=1e-5), name
@@ -179,6 +184,41 @@ def test_neighbor_rule_keeps_layer_below_each_active_one_uncheckpointed(tmp_path
     assert [i for i, f in enumerate(flags) if not f] == [4, 5, 6, 19, 20]
 
 
+def _train_with_active(tmp_path, monkeypatch, active, **overrides):
+    """One optimizer step of T-Vaccine with the drawn layers forced to ``active``; LoRA before and the trainer."""
+    monkeypatch.setattr("tvaccine.methods.tvaccine.sample_layers", lambda probs, k, generator: list(active))
+    trainer = make_trainer("tvaccine", tmp_path, num_active_layers=len(active), **overrides)
+    before = lora_by_layer(trainer.model)
+    trainer.train()
+    assert active_history(trainer) == [(0, list(active))]
+    return before, trainer
+
+
+def test_reentrant_gradient_gap_freezes_everything_below_the_lowest_active_layer(tmp_path, monkeypatch):
+    before, trainer = _train_with_active(tmp_path, monkeypatch, [2, 4], reentrant_gradient_gap=True)
+    below = [n for n in before if int(n.split(".layers.")[1].split(".")[0]) < 2]
+    assert below and all(torch.equal(before[n], trainer.model.get_parameter(n)) for n in below)
+    assert changed_layers(before, trainer.model, "mlp") == {2, 3, 4, 5}  # inactive 3 and 5 above it still train
+    assert changed_layers(before, trainer.model, "self_attn") == {2, 4}
+
+
+def test_without_the_gap_the_mlp_below_the_lowest_active_layer_trains(tmp_path, monkeypatch):
+    before, trainer = _train_with_active(tmp_path, monkeypatch, [2, 4])
+    assert changed_layers(before, trainer.model, "mlp") == set(range(N_LAYERS))
+    assert changed_layers(before, trainer.model, "self_attn") == {2, 4}
+
+
+def test_reentrant_gradient_gap_starts_at_the_lowest_uncheckpointed_layer(tmp_path):
+    """With the neighbour rule, layer i-1 of the lowest active i is un-checkpointed and so still trains."""
+    model = with_lora(tiny_llama(28, hidden=16))
+    trainer = make_trainer("tvaccine", tmp_path, model=model, num_active_layers=3, neighbor_uncheckpointed=True,
+                           reentrant_gradient_gap=True)
+    trainer._activate([5, 6, 20])
+    trains = {int(n.split(".layers.")[1].split(".")[0]) for n, p in trainer.model.named_parameters()
+              if p.requires_grad}
+    assert trains == set(range(4, 28))
+
+
 def test_schedule_state_round_trips():
     a = LayerSchedule(torch.Generator().manual_seed(3), probs=[0.5, 0.5], active=[1], step=7, probe_epoch=2,
                       probe_pos=1)
@@ -209,10 +249,15 @@ def test_layer_count_and_probe_set_are_checked(tmp_path):
     ("lora_dropout", 1.5, "lora_dropout"),
     ("lora_r", 0, "lora_r"),
     ("gradient_checkpointing", True, "gradient_checkpointing"),
+    ({"reentrant_gradient_gap": True, "freeze_scope": "layer"}, None,
+     "reentrant_gradient_gap: needs freeze_scope: attention"),
+    ({"reentrant_gradient_gap": True, "checkpoint_inactive": False}, None,
+     "reentrant_gradient_gap: needs checkpoint_inactive: true"),
 ])
 def test_bad_settings_are_rejected_by_name(tmp_path, field, value, match):
+    settings = field if isinstance(field, dict) else {field: value}
     with pytest.raises(UserError, match=match):
-        TVaccineConfig(output_dir=str(tmp_path), **{field: value})
+        TVaccineConfig(output_dir=str(tmp_path), **settings)
 
 
 def test_paper_defaults():
@@ -220,7 +265,25 @@ def test_paper_defaults():
     assert (c.rho, c.num_active_layers, c.layer_resample_steps, c.importance_update_steps) == (3.0, 8, 20, 200)
     assert (c.lora_r, c.lora_alpha, c.lora_dropout, c.learning_rate, c.weight_decay) == (8, 4, 0.1, 1e-3, 0.1)
     assert (c.num_train_epochs, c.per_device_train_batch_size, c.max_length, c.probe_batch_size) == (20, 10, 200, 1)
-    assert (c.freeze_scope, c.neighbor_uncheckpointed, c.lr_scheduler_type) == ("layer", False, "cosine")
+    # the freeze scope of the authors' code, which produced the paper's results; its other quirks off
+    assert (c.freeze_scope, c.neighbor_uncheckpointed, c.reentrant_gradient_gap) == ("attention", False, False)
+    assert c.lr_scheduler_type == "cosine"
+
+
+@pytest.mark.parametrize("recipe,scope,neighbor,gap,alpha", [
+    ("tvaccine", "attention", False, False, 4),
+    ("tvaccine-layer", "layer", False, False, 4),
+    ("tvaccine-original", "attention", True, True, 1),
+])
+def test_tvaccine_recipes_are_the_documented_variants(recipe, scope, neighbor, gap, alpha):
+    from pathlib import Path
+
+    from tvaccine.commands.align import resolve_config
+
+    c = resolve_config("tvaccine", str(Path(__file__).resolve().parents[1] / "configs" / f"{recipe}.yaml"), [])
+    assert (c.freeze_scope, c.neighbor_uncheckpointed, c.reentrant_gradient_gap, c.lora_alpha) == \
+        (scope, neighbor, gap, alpha)
+    assert (c.rho, c.num_active_layers, c.layer_resample_steps, c.importance_update_steps) == (3.0, 8, 20, 200)
 
 
 def test_loss_on_target_positions_equals_the_models_own_loss(tmp_path):

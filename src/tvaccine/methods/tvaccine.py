@@ -2,9 +2,11 @@
 
 Every K optimizer steps, the gradient norm of a harmful probe batch w.r.t. each layer's attention output gives the
 layer importance P. Every J optimizer steps, S layers are drawn from P without replacement. In each step only those
-layers are perturbed and only their LoRA trains; the other layers are frozen and run under activation checkpointing,
-which is where the memory goes down. Cost per step: Vaccine's two passes, but pass 1 stops at the lowest active
-layer and pass 2 stores activations for S layers only; plus one forward/backward on the probe batch every K steps.
+layers are perturbed and their LoRA trains. The other layers' attention LoRA is frozen; their MLP LoRA trains with
+``freeze_scope: attention`` (the default: the authors' code, which produced the paper's results) and is frozen with
+``layer`` (the paper's text). The inactive layers run under activation checkpointing, which is where the memory goes
+down. Cost per step: Vaccine's two passes, but pass 1 stops at the lowest active layer and pass 2 keeps full
+activations for S layers only; plus one forward/backward on the probe batch every K steps.
 """
 
 from __future__ import annotations
@@ -38,15 +40,23 @@ class TVaccineConfig(VaccineConfig):
         default="importance", metadata={"help": "importance (paper) | uniform | topk (ablations)"}
     )
     freeze_scope: str = field(
-        default="layer",
-        metadata={"help": "layer: freeze all LoRA of inactive layers; attention: only their attention LoRA "
-                  "(the original code's behaviour)"},
+        default="attention",
+        metadata={"help": "attention: inactive layers freeze only their attention LoRA, the MLP LoRA of every "
+                  "layer trains (the authors' code, behind the paper's results); layer: inactive layers freeze "
+                  "all their LoRA (the paper's text)"},
     )
     checkpoint_inactive: bool = field(default=True, metadata={"help": "activation-checkpoint inactive layers"})
     neighbor_uncheckpointed: bool = field(
         default=False,
         metadata={"help": f"also leave layer i-1 un-checkpointed for each active i in models with more than "
                   f"{NEIGHBOR_MIN_LAYERS} layers (the original code's behaviour)"},
+    )
+    reentrant_gradient_gap: bool = field(
+        default=False,
+        metadata={"help": "freeze all LoRA of the layers below the lowest un-checkpointed layer (the original "
+                  "code's behaviour: its reentrant checkpointing with frozen embeddings passes no gradient "
+                  "below that layer, so their MLP LoRA never trains). Needs freeze_scope: attention and "
+                  "checkpoint_inactive: true"},
     )
 
     # The trainable set changes between steps: under DDP the frozen layers' LoRA is unused in a step, which DDP
@@ -70,6 +80,12 @@ class TVaccineConfig(VaccineConfig):
         self._check(self.layer_sampling in ("importance", "uniform", "topk"), "layer_sampling",
                     "must be importance, uniform or topk")
         self._check(self.freeze_scope in ("layer", "attention"), "freeze_scope", "must be layer or attention")
+        if self.reentrant_gradient_gap:  # the gap only exists where inactive layers train and are checkpointed
+            self._check(self.freeze_scope == "attention", "reentrant_gradient_gap",
+                        f"needs freeze_scope: attention (under freeze_scope: {self.freeze_scope} nothing below "
+                        "the active layers trains anyway)")
+            self._check(self.checkpoint_inactive, "reentrant_gradient_gap",
+                        "needs checkpoint_inactive: true (the gap comes from checkpointing the inactive layers)")
         if self.gradient_checkpointing:
             raise UserError("gradient_checkpointing: T-Vaccine checkpoints the inactive layers itself; "
                             "leave it off and use checkpoint_inactive")
@@ -178,18 +194,22 @@ class TVaccineTrainer(VaccineTrainer):
         return broadcast(probs.to(self.accelerator.device), from_process=0).cpu()
 
     def _activate(self, active: list[int]) -> None:
-        """Only the active layers' LoRA trains; the rest are frozen and (optionally) checkpointed."""
+        """The active layers' LoRA trains, with freeze_scope attention every layer's MLP LoRA too (none below the
+        reentrant gradient gap, if on); the rest is frozen, and the inactive layers are (optionally) checkpointed."""
         on = set(active)
+        keep = set(on)  # un-checkpointed layers
+        if self.args.neighbor_uncheckpointed and len(self.decoder) > NEIGHBOR_MIN_LAYERS:
+            keep |= {i - 1 for i in on if i > 0}
+        # The original's reentrant checkpoint passes a gradient only to inputs that require one; with frozen
+        # embeddings the hidden states do not until the lowest un-checkpointed layer, so nothing below it trains.
+        gap = min(keep) if self.args.reentrant_gradient_gap else 0
         for i, layer in enumerate(self.decoder.layers):
             params = dict(layer.named_parameters())
             for name in self._attn_names[i]:
                 params[name].requires_grad_(i in on)
             for name in self._other_names[i]:
-                params[name].requires_grad_(i in on or self.args.freeze_scope == "attention")
+                params[name].requires_grad_(i >= gap and (i in on or self.args.freeze_scope == "attention"))
         if self.args.checkpoint_inactive:
-            keep = set(on)
-            if self.args.neighbor_uncheckpointed and len(self.decoder) > NEIGHBOR_MIN_LAYERS:
-                keep |= {i - 1 for i in on if i > 0}
             self._set_checkpointed(set(range(len(self.decoder))) - keep)
 
     def layer_importance(self, model) -> torch.Tensor:
