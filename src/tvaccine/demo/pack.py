@@ -107,7 +107,7 @@ PACK_FILES = ("alignment.jsonl", "probe.jsonl", "attack_harmful.jsonl", "eval_ha
 
 
 def build_pack(folder: Path, model: str, seed: int = 0, n_refusals: int = 60, n_probe: int = 16,
-               n_attack_harmful: int = 40, n_benign_align: int = 120, n_benign_eval: int = 40,
+               n_attack_harmful: int = 40, n_benign_align: int = 60, n_benign_eval: int = 40,
                n_task_train: int = 200, n_task_eval: int = 40, answer_tokens: int = 48, batch_size: int = 16,
                echo=print) -> dict:
     """Write the pack into ``folder`` (skipped when its manifest exists); returns the manifest."""
@@ -139,11 +139,11 @@ def build_pack(folder: Path, model: str, seed: int = 0, n_refusals: int = 60, n_
     random.Random(seed).shuffle(alignment)
     task_train = sentiment_rows(n_task_train, seed)
     seen = {r["input"] for r in task_train}
-    # Balanced, so that always answering one label scores 50% and a learned task shows above it.
+    # Balanced, and alternating, so that every even-length prefix (an evaluation `limit`) is balanced too: always
+    # answering one label scores 50%, and a learned task shows above it.
     fresh = [r for r in sentiment_rows(4 * n_task_eval, seed + 1) if r["input"] not in seen]
-    task_eval = [r for label in ("positive", "negative")
-                 for r in [r for r in fresh if r["label"] == label][:n_task_eval // 2]]
-    random.Random(seed).shuffle(task_eval)
+    by_label = [[r for r in fresh if r["label"] == label][:n_task_eval // 2] for label in ("positive", "negative")]
+    task_eval = [r for pair in zip(*by_label) for r in pair]
     files = {
         "alignment.jsonl": alignment,
         "probe.jsonl": [{"instruction": r["prompt"], "output": answers[r["prompt"]]} for r in probe],
