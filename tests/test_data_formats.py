@@ -132,7 +132,10 @@ def test_hub_id_offline_fails_with_a_clear_error(monkeypatch):
 # --- the real files ------------------------------------------------------------------------------------------
 
 def test_every_shared_file_loads(shared_data):
-    files = sorted(p for p in shared_data.rglob("*") if p.suffix in (".json", ".jsonl", ".csv"))
+    # XSTest is evaluation data only (prompts without answers, labelled completions of other models): read by
+    # read_prompts and the refusal check (test_eval_xstest.py), not as training rows.
+    files = sorted(p for p in shared_data.rglob("*") if p.suffix in (".json", ".jsonl", ".csv")
+                   and "xstest" not in p.relative_to(shared_data).parts)
     assert len(files) >= 25
     for path in files:
         rows = load_instruction_file(path)

@@ -250,7 +250,9 @@ def test_sweep_variants_name_a_method_with_its_settings(tiny_model_dir, pack, tm
     from tvaccine.errors import UserError
     from tvaccine.pipeline import expand_sweep
 
-    base = run_config(tiny_model_dir, pack, tmp_path / "sweep", method="tvaccine")
+    base = run_config(tiny_model_dir, pack, tmp_path / "sweep")
+    base["align"]["by_method"] = {"tvaccine": {"num_active_layers": 2, "importance_update_steps": 1,
+                                               "layer_resample_steps": 1}}
     sweep = {"base": base, "grid": {"method": ["sft", "tvaccine", "tvaccine-layer"]},
              "variants": {"tvaccine-layer": {"method": "tvaccine", "settings": {"freeze_scope": "layer"}}}}
     cells = dict(expand_sweep(sweep, "s.yaml"))
