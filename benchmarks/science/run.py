@@ -25,7 +25,6 @@ A rerun resumes and skips finished stages.
 from __future__ import annotations
 
 import argparse
-import csv
 import shutil
 import subprocess
 import sys
@@ -103,6 +102,7 @@ def sweep_config(files: dict, output: Path, s: dict) -> dict:
 
 
 def write_outputs(output: Path) -> None:
+    from tvaccine.io import atomic_write_csv
     from tvaccine.report import read_csv
 
     summary = {r["cell"]: r for r in read_csv(output / "summary.csv")}
@@ -114,10 +114,7 @@ def write_outputs(output: Path) -> None:
     outputs = {"results.csv": (RESULT_COLUMNS, rows),
                "differences.csv": (DIFFERENCE_COLUMNS, read_csv(output / "differences.csv"))}
     for name, (columns, table) in outputs.items():
-        with open(HERE / name, "w", newline="") as f:
-            writer = csv.DictWriter(f, fieldnames=columns, extrasaction="ignore")
-            writer.writeheader()
-            writer.writerows(table)
+        atomic_write_csv(HERE / name, columns, table)
     for name in ("aggregate.csv", "auc.csv", "summary.csv", "curves.png", "tvaccine_layers.png", "report.md"):
         if (output / name).is_file():
             shutil.copyfile(output / name, HERE / name)

@@ -18,12 +18,10 @@ not degenerate (tvaccine.evaluation.degenerate).
 
 from __future__ import annotations
 
-import csv
-import io
 import json
 from pathlib import Path
 
-from tvaccine.io import atomic_write_text
+from tvaccine.io import atomic_write_csv
 
 REFERENCE = "sft"  # the baseline every difference is taken against
 JUDGES = ("keyword", "classifier", "beaver-dam")
@@ -185,18 +183,9 @@ def _round(x):
     return None if x is None else round(float(x), 2)
 
 
-def write_csv(path: Path, columns: list[str], rows: list[dict]) -> Path:
-    buf = io.StringIO()
-    writer = csv.DictWriter(buf, fieldnames=columns, extrasaction="ignore")
-    writer.writeheader()
-    writer.writerows(rows)
-    atomic_write_text(path, buf.getvalue())
-    return path
-
-
 def write_curve_files(root: Path, cells: list[tuple[str, dict]]) -> dict[str, Path]:
     rows = curve_rows(cells)
-    return {"curves": write_csv(root / "curves.csv", CURVE_COLUMNS + ["setting"], rows),
-            "aggregate": write_csv(root / "aggregate.csv", AGGREGATE_COLUMNS, aggregate(rows)),
-            "differences": write_csv(root / "differences.csv", DIFFERENCE_COLUMNS, differences(rows)),
-            "auc": write_csv(root / "auc.csv", AUC_COLUMNS, auc(rows))}
+    return {"curves": atomic_write_csv(root / "curves.csv", CURVE_COLUMNS + ["setting"], rows),
+            "aggregate": atomic_write_csv(root / "aggregate.csv", AGGREGATE_COLUMNS, aggregate(rows)),
+            "differences": atomic_write_csv(root / "differences.csv", DIFFERENCE_COLUMNS, differences(rows)),
+            "auc": atomic_write_csv(root / "auc.csv", AUC_COLUMNS, auc(rows))}

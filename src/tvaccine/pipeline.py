@@ -12,10 +12,8 @@ checkpoints (no retraining): a robustness curve per cell. Step 0 is the aligned 
 from __future__ import annotations
 
 import copy
-import csv
 import dataclasses
 import hashlib
-import io
 import itertools
 import json
 import math
@@ -25,7 +23,7 @@ from pathlib import Path
 from typing import Any
 
 from tvaccine.errors import UserError
-from tvaccine.io import atomic_write_json, atomic_write_text, package_versions
+from tvaccine.io import atomic_write_csv, atomic_write_json, package_versions
 from tvaccine.settings import read_yaml
 
 RUN_KEYS = {"model", "output", "seed", "dtype", "align", "attack", "eval"}
@@ -574,12 +572,7 @@ def summary_row(name: str, results: dict) -> dict:
 
 
 def write_summary(folder: Path, rows: list[dict]) -> Path:
-    buf = io.StringIO()
-    writer = csv.DictWriter(buf, fieldnames=SUMMARY_COLUMNS, extrasaction="ignore")
-    writer.writeheader()
-    writer.writerows(rows)
-    atomic_write_text(folder / "summary.csv", buf.getvalue())
-    return folder / "summary.csv"
+    return atomic_write_csv(folder / "summary.csv", SUMMARY_COLUMNS, rows)
 
 
 def run_one(config: dict, echo=print) -> dict:

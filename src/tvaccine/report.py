@@ -28,8 +28,7 @@ def read_summary(folder: Path) -> list[dict]:
     path = folder / "summary.csv"
     if not path.is_file():
         raise UserError(f"{folder}: no summary.csv (is it a finished run or sweep folder?)")
-    with open(path, newline="", encoding="utf-8") as f:
-        rows = list(csv.DictReader(f))
+    rows = read_csv(path)
     if not rows:
         raise UserError(f"{path}: no rows")
     return rows
