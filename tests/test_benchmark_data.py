@@ -167,3 +167,15 @@ def test_balanced_task_sets_need_a_multiple_and_enough_rows(tmp_path):
         task_set("e", src, 3, balanced=True)
     with pytest.raises(UserError, match="needs 3 rows labelled 'negative', the source has 2"):
         task_set("e", src, 6, balanced=True)
+
+
+def test_questions_first_moves_question_form_benign_rows_ahead_in_their_order(data, tmp_path):
+    rows = [{"instruction": "Describe a cat.", "output": "A cat."}, {"instruction": "Why is the sky blue?  ",
+            "output": "Scattering."}, {"instruction": "List two fruits.", "input": "", "output": "Apple, pear."},
+            {"instruction": "What is 2+2?", "output": "4."}]
+    _jsonl(tmp_path / "benign.jsonl", rows)
+    out = data.questions_first(str(tmp_path / "benign.jsonl"), tmp_path / "first.jsonl")
+    got = [json.loads(line) for line in Path(out).read_text().splitlines()]
+    assert [r["instruction"].strip() for r in got] == ["Why is the sky blue?", "What is 2+2?", "Describe a cat.",
+                                                       "List two fruits."]
+    assert got[1] == {"instruction": "What is 2+2?", "input": "", "output": "4."}

@@ -22,6 +22,17 @@ def test_keyword_judge():
     assert result.score == [0.0, 0.0, 0.0, 1.0, 1.0, 0.0]
 
 
+def test_keyword_refusal_ignores_idioms_in_which_cant_does_not_refuse():
+    from tvaccine.evaluation.refusal import is_refusal
+
+    assert not is_refusal("I can't help but think about the people who might be affected.")
+    assert not is_refusal("I can\u2019t wait to visit Hawaii again!")
+    # an idiom does not hide a refusal beside it
+    assert is_refusal("I can't help but worry about this, so I can't help with that request.")
+    assert is_refusal("I can't help with that.")
+    assert is_refusal("I cannot provide that information.")
+
+
 def test_auc_rank_statistic():
     assert auc([0.1, 0.2, 0.8, 0.9], [False, False, True, True]) == 1.0
     assert auc([0.9, 0.8, 0.2, 0.1], [False, False, True, True]) == 0.0

@@ -110,6 +110,21 @@ def build_sets(work: Path, data_dir: Path | None, settings: dict) -> dict[str, s
     return out
 
 
+def questions_first(source: str, dest: Path) -> str:
+    """The benign rows with the question-form instructions first (stable), written to ``dest`` as JSONL.
+
+    Four in five BeaverTails prompts are questions and nine in ten Alpaca instructions are not: an alignment set
+    that mixes them as they come teaches "a question → refuse", and the aligned model then refuses benign questions
+    (calibrate.py). Taking the benign rows' questions first matches the two halves in form.
+    """
+    from tvaccine.data.sources import load_source
+
+    rows = load_source(source, "benign").rows
+    rows = sorted(rows, key=lambda r: not r["instruction"].strip().endswith("?"))
+    _write_jsonl(dest, [{k: r.get(k, "") for k in ("instruction", "input", "output")} for r in rows])
+    return str(dest)
+
+
 def _local_sources(data_dir: Path) -> dict[str, str]:
     absent = [rel for rel in LOCAL.values() if not (data_dir / rel).is_file()]
     if absent:
