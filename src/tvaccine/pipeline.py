@@ -20,10 +20,11 @@ import math
 import time
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 from tvaccine.errors import UserError
 from tvaccine.io import atomic_write_csv, atomic_write_json, package_versions
+from tvaccine.locks import FileLock, LockTiming
 from tvaccine.settings import read_yaml
 
 RUN_KEYS = {"model", "output", "seed", "dtype", "align", "attack", "eval"}
@@ -313,12 +314,24 @@ def peak_rss_mb() -> float | None:
     return round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)
 
 
+@contextmanager
+def stage_lock(folder: Path, finished: Callable[[], bool], timing: LockTiming | None = None):
+    """Yields whether this worker must compute the stage in ``folder``: under a lock beside the folder (see
+    tvaccine.locks), so that of several workers needing the stage one computes it and the others wait, then find it
+    finished. A finished stage with its stage.json (written last) is skipped without a lock."""
+    if finished() and (folder / "stage.json").is_file():
+        yield False
+        return
+    with FileLock(folder.with_name(folder.name + ".lock"), timing):
+        yield not finished()
+
+
 def _stage_record(folder: Path) -> dict:
     path = folder / "stage.json"
     return json.loads(path.read_text(encoding="utf-8")) if path.is_file() else {}
 
 
-def run_align(config: dict, root: Path) -> dict | None:
+def run_align(config: dict, root: Path, timing: LockTiming | None = None) -> dict | None:
     """The alignment stage, or None for the no-defense row; an existing adapter can be given as align.adapter."""
     spec = config.get("align") or {}
     method = spec.get("method", "none")
@@ -330,13 +343,14 @@ def run_align(config: dict, root: Path) -> dict | None:
 
     harmful = spec.get("harmful_data", spec.get("probe_data"))  # probe_data: the older name
     folder, cfg = align_stage(config, root)
-    if not is_finished(folder):
-        record: dict = {}
-        with measured(record):
-            summary = align(method, config["model"], spec["data"], str(folder), cfg,
-                            harmful_data=harmful, dtype=config.get("dtype"))
-        record.update(steps=summary["steps"], s_per_step=summary["s_per_step"])
-        atomic_write_json(folder / "stage.json", record)
+    with stage_lock(folder, lambda: is_finished(folder), timing) as compute:
+        if compute:
+            record: dict = {}
+            with measured(record):
+                summary = align(method, config["model"], spec["data"], str(folder), cfg,
+                                harmful_data=harmful, dtype=config.get("dtype"))
+            record.update(steps=summary["steps"], s_per_step=summary["s_per_step"])
+            atomic_write_json(folder / "stage.json", record)
     return {"dir": str(folder), "method": method, **_stage_record(folder)}
 
 
@@ -354,7 +368,7 @@ def align_stage(config: dict, root: Path) -> tuple[Path, Any]:
     return root / "stages" / f"align-{method}-{key}", cfg
 
 
-def run_attack(config: dict, root: Path, aligned: dict | None) -> dict | None:
+def run_attack(config: dict, root: Path, aligned: dict | None, timing: LockTiming | None = None) -> dict | None:
     spec = config.get("attack")
     if not spec:
         return None
@@ -371,15 +385,17 @@ def run_attack(config: dict, root: Path, aligned: dict | None) -> dict | None:
     key = stage_hash("attack", config["model"], aligned_dir, resolved(cfg), spec.get("task"),
                      *(file_digest(spec.get(k)) for k in ("data", "harmful", "task_data")), *defense_inputs)
     folder = root / "stages" / f"attack-{key}"
-    if not is_finished(folder):
-        record: dict = {}
-        with measured(record):
-            summary = attack(config["model"], folder, cfg, aligned=aligned_dir, task=spec.get("task"),
-                             data=spec.get("data"), harmful=spec.get("harmful"), task_data=spec.get("task_data"),
-                             dtype=config.get("dtype"), alignment_data=alignment_data).summary
-        record.update(steps=summary["steps"], mode=summary["mode"], defense=summary["defense"],
-                      first_loss=summary.get("first_loss"), last_loss=summary.get("last_loss"))
-        atomic_write_json(folder / "stage.json", record)
+    with stage_lock(folder, lambda: is_finished(folder), timing) as compute:
+        if compute:
+            record: dict = {}
+            with measured(record):
+                summary = attack(config["model"], folder, cfg, aligned=aligned_dir, task=spec.get("task"),
+                                 data=spec.get("data"), harmful=spec.get("harmful"),
+                                 task_data=spec.get("task_data"), dtype=config.get("dtype"),
+                                 alignment_data=alignment_data).summary
+            record.update(steps=summary["steps"], mode=summary["mode"], defense=summary["defense"],
+                          first_loss=summary.get("first_loss"), last_loss=summary.get("last_loss"))
+            atomic_write_json(folder / "stage.json", record)
     return {"dir": str(folder), **_stage_record(folder)}
 
 
@@ -403,7 +419,7 @@ def attacked_model(attack_dir: str, aligned_dir: str | None, step: int | None = 
 
 
 def run_eval(config: dict, root: Path, adapters: list[str], label: str, model: str | None = None,
-             judges: list[str] | None = None) -> dict:
+             judges: list[str] | None = None, timing: LockTiming | None = None) -> dict:
     """Evaluate ``model`` (default: the run's base model) with ``adapters`` merged in order."""
     from tvaccine.evaluation.run import evaluate
 
@@ -415,11 +431,12 @@ def run_eval(config: dict, root: Path, adapters: list[str], label: str, model: s
                                                            "xstest_prompts")))
     folder = root / "stages" / f"eval-{label}-{key}"
     results_path = folder / "results.json"
-    if not results_path.is_file():
-        record: dict = {}
-        with measured(record):
-            evaluate(settings, folder)
-        atomic_write_json(folder / "stage.json", record)
+    with stage_lock(folder, results_path.is_file, timing) as compute:
+        if compute:
+            record: dict = {}
+            with measured(record):
+                evaluate(settings, folder)
+            atomic_write_json(folder / "stage.json", record)
     return {"dir": str(folder), **_stage_record(folder),
             "results": json.loads(results_path.read_text(encoding="utf-8"))}
 
@@ -440,22 +457,23 @@ def eval_settings(config: dict, model: str, adapters: list[str], judges: list[st
                         **eval_spec(config, judges))
 
 
-def run(config: dict, echo=print) -> dict:
-    """One align → attack → evaluate run; writes and returns ``OUTPUT/results.json``."""
+def run(config: dict, echo=print, timing: LockTiming | None = None) -> dict:
+    """One align → attack → evaluate run; writes and returns ``OUTPUT/results.json``. ``timing``: of the stage
+    locks (tvaccine.locks)."""
     root = Path(config["output"])  # created by the first stage that writes: a bad input leaves no folder
-    aligned = run_align(config, root)
+    aligned = run_align(config, root, timing)
     aligned_dir = aligned["dir"] if aligned else None
     adapters = [aligned_dir] if aligned else []
     eval_section = config.get("eval") or {}
     steps = sorted(set(eval_section.get("attack_steps") or []))
     before = None
     if eval_section.get("before_attack", False) or 0 in steps:
-        before = run_eval(config, root, adapters, "aligned")
-    attacked = run_attack(config, root, aligned)
+        before = run_eval(config, root, adapters, "aligned", timing=timing)
+    attacked = run_attack(config, root, aligned, timing)
     curve = []
     if attacked:
         model, adapters = attacked_model(attacked["dir"], aligned_dir)
-        after = run_eval(config, root, adapters, "attacked", model=model)
+        after = run_eval(config, root, adapters, "attacked", model=model, timing=timing)
         final = attacked.get("steps")
         for step in steps:
             if step == 0:
@@ -467,9 +485,10 @@ def run(config: dict, echo=print) -> dict:
             else:
                 model, adapters = attacked_model(attacked["dir"], aligned_dir, step)
                 curve.append((step, run_eval(curve_config(config), root, adapters, f"attacked-step{step}",
-                                             model=model)))
+                                             model=model, timing=timing)))
     else:
-        after = run_eval(config, root, adapters, "aligned")  # the same folder as `before` when judges agree
+        # the same folder as `before` when judges agree
+        after = run_eval(config, root, adapters, "aligned", timing=timing)
     results = {"settings": config, "cell": cell_values(config),
                "stages": {"align": aligned, "attack": attacked,
                           "eval_before": _strip(before), "eval": _strip(after)},
@@ -654,25 +673,68 @@ def apply_variant(cfg: dict, name: str, variants: dict) -> None:
     by_method[spec["method"]] = {**(by_method.get(spec["method"]) or {}), **(spec.get("settings") or {})}
 
 
-def run_sweep(sweep: dict, where: str, echo=print) -> list[dict]:
-    """Run every cell (stages shared through the cache under the sweep's output) and write ``summary.csv``."""
+def parse_shard(text: str) -> tuple[int, int]:
+    """``I/N`` (0-based: ``0/4`` … ``3/4``, as SLURM_ARRAY_TASK_ID counts with ``--array=0-3``) → (I, N)."""
+    index, _, count = str(text).partition("/")
+    try:
+        index, count = int(index), int(count)
+    except ValueError:
+        index = count = None
+    if index is None or count < 1 or not 0 <= index < count:
+        raise UserError(f"--shard: expected I/N with 0 ≤ I < N (0-based: 0/4, 1/4, 2/4, 3/4 for four workers), "
+                        f"got {text!r}")
+    return index, count
+
+
+def run_sweep(sweep: dict, where: str, echo=print, shard: tuple[int, int] | None = None,
+              timing: LockTiming | None = None, on_complete: Callable[[list[dict]], None] | None = None
+              ) -> list[dict]:
+    """Run every cell (stages shared through the cache under the sweep's output) and write ``summary.csv``.
+
+    With ``shard=(I, N)`` only the cells whose index in the grid is I modulo N, so that N workers share the sweep
+    (docs/distributed.md): stages are computed under a lock (``stage_lock``, ``timing``), and after each of its cells
+    a worker rebuilds summary.csv from every cell finished so far, and at its end the analysis files too, under a
+    lock on the summary: whichever worker ends last writes the complete files. ``on_complete(rows)`` is called
+    (under that lock) by every worker that ends with every cell finished. Returns the summary's rows."""
     cells = expand_sweep(sweep, where)
+    index, count = shard or (0, 1)
+    if not (isinstance(index, int) and isinstance(count, int) and 0 <= index < count):
+        raise UserError(f"shard: expected (I, N) with 0 ≤ I < N, got {shard!r}")
     root = Path(sweep["base"]["output"])
-    rows = []
-    for i, (name, cfg) in enumerate(cells, 1):
-        cell_dir = root / "cells" / name.replace("/", "_")
-        results_path = cell_dir / "results.json"
+    if index >= len(cells):
+        echo(f"shard {index}/{count}: no cells (the grid has {len(cells)})")
+    for i, (name, cfg) in enumerate(cells):
+        if i % count != index:
+            continue  # another worker's cell
+        results_path = cell_results(root, name)
         if results_path.is_file():
-            echo(f"[{i}/{len(cells)}] {name}: finished earlier")
-            results = json.loads(results_path.read_text(encoding="utf-8"))
+            echo(f"[{i + 1}/{len(cells)}] {name}: finished earlier")
         else:
-            echo(f"[{i}/{len(cells)}] {name}")
-            results = run(cfg, echo)
-            atomic_write_json(results_path, results)
-        rows.append(summary_row(name, results))
-        write_summary(root, rows)  # after every cell, so an interrupted sweep still has its finished rows
-    write_analysis(root, [(name, json.loads((root / "cells" / name.replace("/", "_") / "results.json")
-                                           .read_text(encoding="utf-8"))) for name, _ in cells])
+            echo(f"[{i + 1}/{len(cells)}] {name}")
+            atomic_write_json(results_path, run(cfg, echo, timing))
+        write_sweep_summary(root, cells, timing)  # after every cell, so an interrupted sweep has its finished rows
+    return write_sweep_summary(root, cells, timing, analysis=True, on_complete=on_complete)
+
+
+def cell_results(root: Path, name: str) -> Path:
+    return root / "cells" / name.replace("/", "_") / "results.json"
+
+
+def write_sweep_summary(root: Path, cells: list[tuple[str, dict]], timing: LockTiming | None = None,
+                        analysis: bool = False, on_complete: Callable[[list[dict]], None] | None = None
+                        ) -> list[dict]:
+    """summary.csv (and with ``analysis`` the analysis files) from every cell whose results.json exists, in grid
+    order. Under a lock, so that the rebuilds of several workers are written in the order they read: the last one
+    to take the lock has read every cell finished before it."""
+    with FileLock(root / "summary.lock", timing):
+        finished = [(name, json.loads(path.read_text(encoding="utf-8"))) for name, path in
+                    ((name, cell_results(root, name)) for name, _ in cells) if path.is_file()]
+        rows = [summary_row(name, results) for name, results in finished]
+        write_summary(root, rows)
+        if analysis:
+            write_analysis(root, finished)
+            if on_complete and len(finished) == len(cells):
+                on_complete(rows)
     return rows
 
 
