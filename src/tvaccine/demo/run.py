@@ -30,7 +30,7 @@ def demo_sweep(output: Path, pack: Path, model: str, methods: list[str], steps: 
             "align": {"method": "sft", "data": str(pack / "alignment.jsonl"),
                       "harmful_data": str(pack / "probe.jsonl"),
                       "settings": align_common,
-                      # the paper's K=200, J=20 over 4000 steps, scaled to a 40-step run: importance every 10,
+                      # the paper's K=200, J=20 over 4000 steps, scaled to a 50-step run: importance every 10,
                       # a new draw every 5. rho 1, not the paper's 3 (set for 7B models): at 3 T-Vaccine refused 65%
                       # of benign prompts after 40 steps here, so it never started aligned (docs/demo.md)
                       # checkpoint_inactive false: the same updates (checkpointing changes memory, not gradients),
@@ -72,7 +72,7 @@ def run_demo(output: str, model: str = "smollm2-135m", data_dir: str | None = No
         pack = output / "pack"
         build_pack(pack, model, echo=echo)
     steps = {"align": 4, "attack": 4, "eval_prompts": 8, "curve": [0, 2, 4]} if quick else \
-            {"align": 40, "attack": 20, "eval_prompts": 40, "curve": [0, 10, 20]}
+            {"align": 50, "attack": 20, "eval_prompts": 40, "curve": [0, 10, 20]}
     sweep = demo_sweep(output, pack, model, methods or METHODS, steps)
     atomic_write_text(output / "sweep.yaml", yaml.safe_dump(sweep, sort_keys=False))
     rows = run_sweep(sweep, str(output / "sweep.yaml"), echo=echo)
