@@ -105,6 +105,35 @@ def test_breaking_leaves_a_lock_that_is_not_the_stale_one_seen(tmp_path):
         assert json.loads(path.read_text())["token"] == fresh.token
 
 
+def test_a_lock_of_a_killed_process_on_this_machine_is_taken_over_at_once(tmp_path):
+    # The owner dies without releasing (as under SIGKILL or the OOM killer); its heartbeat would stay fresh-looking
+    # for the whole timeout, but its PID is gone from this machine's PID namespace.
+    path = tmp_path / "stage.lock"
+    code = f"import os; from tvaccine.locks import FileLock; FileLock({str(path)!r}, echo=None).acquire(); os._exit(0)"
+    subprocess.run([sys.executable, "-c", code], check=True, env={**os.environ, "PYTHONPATH": str(REPO / "src")})
+    assert json.loads(path.read_text())["pid"] != os.getpid()
+    messages = []
+    taken = acquire_in_thread(quiet(path, LockTiming(stale_after_s=300), messages))
+    assert taken.wait(10), "waited for the timeout although the owner is dead"
+    assert "its process is gone" in messages[0]
+
+
+def test_a_lock_of_a_live_process_is_not_taken_over(tmp_path):
+    path = tmp_path / "stage.lock"
+    code = (f"import sys, time; from tvaccine.locks import FileLock; FileLock({str(path)!r}, echo=None).acquire(); "
+            "print('held', flush=True); time.sleep(60)")
+    owner = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, text=True,
+                             env={**os.environ, "PYTHONPATH": str(REPO / "src")})
+    try:
+        assert owner.stdout.readline().strip() == "held"
+        taken = acquire_in_thread(quiet(path, LockTiming(stale_after_s=300)))
+        assert not taken.wait(1.0)
+    finally:
+        owner.kill()
+        owner.wait()
+    assert taken.wait(10)  # and once it is killed, at once
+
+
 def test_lock_is_released_on_an_exception_and_its_heartbeat_stops(tmp_path):
     path = tmp_path / "a.lock"
     with pytest.raises(RuntimeError), quiet(path) as lock:

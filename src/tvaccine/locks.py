@@ -16,6 +16,10 @@ Exclusive creation is atomic on a local file system and on NFSv3 and later; ``re
   same heartbeat; else a live owner refreshed it or a new lock took its place, and it is put back with ``link``,
   which never overwrites), deletes it and takes the lock. The guarded work then resumes from whatever the dead worker
   left (the pipeline's stages resume from their own checkpoints and partial files).
+- **Dead owner.** A lock written on this machine, in this kernel boot and PID namespace (``where``: hostname, boot id
+  and PID-namespace inode; containers that share a hostname differ in the last two), whose ``pid`` no longer exists
+  was left by a killed worker (SIGKILL, OOM, preemption): it is stale at once, so a rerun does not wait the timeout.
+  A reused PID only makes it wait for the heartbeat rule.
 - **Release.** Leaving the ``with`` block, normally or by an exception, stops the heartbeat and deletes the file if
   it is still this worker's (same token).
 
@@ -36,6 +40,31 @@ from pathlib import Path
 from typing import Callable
 
 STALE_AFTER_S = 300.0
+
+
+def _where() -> str:
+    """This process's machine, kernel boot and PID namespace: PIDs are comparable only between equal values."""
+    parts = [socket.gethostname()]
+    for path, read in (("/proc/sys/kernel/random/boot_id", lambda p: Path(p).read_text().strip()),
+                       ("/proc/self/ns/pid", lambda p: str(os.stat(p).st_ino))):
+        try:
+            parts.append(read(path))
+        except OSError:  # not Linux: no dead-owner rule (``where`` never matches), only the heartbeat
+            return ""
+    return "/".join(parts)
+
+
+def _owner_is_dead(info: dict) -> bool:
+    where, pid = info.get("where"), info.get("pid")
+    if not where or where != _where() or not isinstance(pid, int) or pid == os.getpid():
+        return False
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return True
+    except OSError:  # alive, owned by another user
+        return False
+    return False
 
 
 @dataclass(frozen=True)
@@ -79,9 +108,11 @@ class FileLock:
             info, stat = seen
             silent = time.time() - stat.st_mtime
             owner = f"{info.get('host', '?')} pid {info.get('pid', '?')}"
-            if silent > self.timing.stale_after_s:
+            dead = _owner_is_dead(info)
+            if dead or silent > self.timing.stale_after_s:
                 if self._break(stat):
-                    self.echo(f"{self.path}: stale lock of {owner} (no heartbeat for {silent:.0f} s): taking over")
+                    why = "its process is gone" if dead else f"no heartbeat for {silent:.0f} s"
+                    self.echo(f"{self.path}: stale lock of {owner} ({why}): taking over")
                 continue
             if not waited:
                 self.echo(f"{self.path}: held by {owner}; waiting")
@@ -113,7 +144,8 @@ class FileLock:
         except FileExistsError:
             return False
         # A reader may see the file empty for a moment: it then counts as held (its heartbeat is fresh).
-        info = {"host": socket.gethostname(), "pid": os.getpid(), "token": self.token, "since": time.time()}
+        info = {"host": socket.gethostname(), "pid": os.getpid(), "where": _where(), "token": self.token,
+                "since": time.time()}
         with os.fdopen(fd, "w", encoding="utf-8") as f:
             json.dump(info, f)
             f.flush()
