@@ -26,10 +26,11 @@ HERE = Path(__file__).resolve().parent
 REPO = HERE.parents[1]
 sys.path.insert(0, str(HERE))
 
-from run import SETTINGS, tv, tvaccine_settings  # noqa: E402
+from run import SETTINGS, TVACCINE_SETTINGS, tv  # noqa: E402
 
 HELD_OUT_HARMFUL = (250, 298)  # alignment-split rows beyond any candidate's training rows
 N_HELD_OUT_BENIGN = 50  # the last AlpacaEval prompts
+BASE_ANSWER_TOKENS = 48  # the base model's benign answers, as long as the demo's
 # Alignment recipes: benign answers written by GPT-4 (Alpaca's own) or by the base model itself (as the demo does:
 # the benign rows then hold the model where it is instead of pulling it towards longer answers), their share, the
 # learning rate, and optionally the steps (default 40), the rows (default 200) and question-form benign rows first
@@ -109,7 +110,7 @@ def main() -> int:
         benign = questions_first(sources["benign"], work / "benign_questions_first.jsonl") \
             if c.get("questions_first") else sources["benign"]
         if c["benign_answers"] == "base":
-            benign = str(base_answers(benign, work, s["n_align"], s["base_answer_tokens"]))
+            benign = str(base_answers(benign, work, s["n_align"], BASE_ANSWER_TOKENS))
         data = work / name / "alignment.jsonl"
         data.parent.mkdir(parents=True, exist_ok=True)
         n_align = c.get("n_align", s["n_align"])
@@ -117,7 +118,7 @@ def main() -> int:
            "--benign-ratio", str(c["benign_ratio"]), "--output", str(data))
         for method in args.methods.split(","):
             out = work / name / method
-            extra = tvaccine_settings(s) if method == "tvaccine" else {}
+            extra = TVACCINE_SETTINGS if method == "tvaccine" else {}
             flags = [a for k, v in extra.items() for a in (f"--{k.replace('_', '-')}", str(v).lower())]
             tv("align", "--method", method, "--model", "smollm2-135m", "--data", str(data),
                "--harmful-data", sources["bt_probe"], "--output", str(out / "align"),

@@ -47,8 +47,13 @@ SETTINGS = {
     "methods": ["none", "sft", "vaccine", "tvaccine", "tvaccine-layer", "tvaccine-uniform", "random-vaccine"],
     # budget: every method the same alignment steps at the paper's learning rate
     "align_steps": 40, "align_lr": 1e-3, "attack_steps": 20, "curve": [0, 10, 20], "attack_lora_alpha": 16,
-    "batch": 4, "max_length": 128, "max_new_tokens": 32, "base_answer_tokens": 48,
+    "batch": 4, "max_length": 128, "max_new_tokens": 32,
 }
+# T-Vaccine's settings here: the paper's K=200 / J=20 over its 4000 steps, scaled to this budget. checkpoint_inactive
+# off: the same updates (checkpointing trades memory for time, not gradients); on 2 CPU cores time is the limit, and
+# benchmarks/resources measures the memory it saves.
+TVACCINE_SETTINGS = {"rho": 3.0, "num_active_layers": 8, "importance_update_steps": 10, "layer_resample_steps": 5,
+                     "checkpoint_inactive": False}
 # Methods under another name: the paper-text T-Vaccine (every LoRA of an inactive layer frozen).
 VARIANTS = {"tvaccine-layer": {"method": "tvaccine", "settings": {"freeze_scope": "layer"}}}
 RESULT_COLUMNS = ["method", "variant", "poison_ratio", "seed", "attack_lr", "attack_step", "align_steps",
@@ -57,16 +62,6 @@ RESULT_COLUMNS = ["method", "variant", "poison_ratio", "seed", "attack_lr", "att
                   "n_prompts"]
 DIFFERENCE_COLUMNS = ["method", "variant", "poison_ratio", "attack_lr", "attack_step", "judge", "delta_hs_vs_sft",
                       "ci_low", "ci_high", "n_seeds", "n_pairs"]
-
-
-def tvaccine_settings(s: dict) -> dict:
-    """T-Vaccine's settings here: the paper's K=200 / J=20 over its 4000 steps, scaled to this budget.
-
-    ``checkpoint_inactive`` off: the same updates (checkpointing trades memory for time, not gradients); on 2 CPU
-    cores time is the limit, and benchmarks/resources measures the memory it saves.
-    """
-    return {"rho": 3.0, "num_active_layers": 8, "importance_update_steps": 10, "layer_resample_steps": 5,
-            "checkpoint_inactive": False}
 
 
 def tv(*args: str) -> None:
@@ -93,7 +88,7 @@ def sweep_config(files: dict, output: Path, s: dict) -> dict:
             "align": {"method": "sft", "data": files["alignment"], "harmful_data": files["probe"],
                       "settings": {**common, "max_steps": s["align_steps"], "learning_rate": s["align_lr"],
                                    "save_steps": 10},
-                      "by_method": {m: tvaccine_settings(s) for m in ("tvaccine", "tvaccine-uniform")}
+                      "by_method": {m: TVACCINE_SETTINGS for m in ("tvaccine", "tvaccine-uniform")}
                       | {"vaccine": {"rho": 3.0}, "random-vaccine": {"rho": 3.0}}},
             "attack": {"harmful": files["attack_harmful"], "task": "sst2", "task_data": files["task"],
                        "settings": {**common, "sample_num": s["sample_num"], "max_steps": s["attack_steps"],

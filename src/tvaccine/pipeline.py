@@ -314,16 +314,22 @@ def peak_rss_mb() -> float | None:
     return round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)
 
 
-@contextmanager
-def stage_lock(folder: Path, finished: Callable[[], bool], timing: LockTiming | None = None):
-    """Yields whether this worker must compute the stage in ``folder``: under a lock beside the folder (see
-    tvaccine.locks), so that of several workers needing the stage one computes it and the others wait, then find it
-    finished. A finished stage with its stage.json (written last) is skipped without a lock."""
+def compute_stage(folder: Path, finished: Callable[[], bool], work: Callable[[], dict | None],
+                  timing: LockTiming | None = None) -> None:
+    """Run ``work`` for the stage in ``folder`` unless it is finished, and write ``stage.json`` (its wall time, peak
+    memory and whatever ``work`` returns) last. Under a lock beside the folder (tvaccine.locks), so that of several
+    workers needing the stage one computes it and the others wait, then find it finished; a finished stage with its
+    stage.json is read without a lock."""
     if finished() and (folder / "stage.json").is_file():
-        yield False
         return
     with FileLock(folder.with_name(folder.name + ".lock"), timing):
-        yield not finished()
+        if finished():
+            return
+        record: dict = {}
+        with measured(record):
+            extra = work()
+        record.update(extra or {})
+        atomic_write_json(folder / "stage.json", record)
 
 
 def _stage_record(folder: Path) -> dict:
@@ -343,14 +349,13 @@ def run_align(config: dict, root: Path, timing: LockTiming | None = None) -> dic
 
     harmful = spec.get("harmful_data", spec.get("probe_data"))  # probe_data: the older name
     folder, cfg = align_stage(config, root)
-    with stage_lock(folder, lambda: is_finished(folder), timing) as compute:
-        if compute:
-            record: dict = {}
-            with measured(record):
-                summary = align(method, config["model"], spec["data"], str(folder), cfg,
-                                harmful_data=harmful, dtype=config.get("dtype"))
-            record.update(steps=summary["steps"], s_per_step=summary["s_per_step"])
-            atomic_write_json(folder / "stage.json", record)
+
+    def work() -> dict:
+        summary = align(method, config["model"], spec["data"], str(folder), cfg, harmful_data=harmful,
+                        dtype=config.get("dtype"))
+        return {"steps": summary["steps"], "s_per_step": summary["s_per_step"]}
+
+    compute_stage(folder, lambda: is_finished(folder), work, timing)
     return {"dir": str(folder), "method": method, **_stage_record(folder)}
 
 
@@ -385,17 +390,14 @@ def run_attack(config: dict, root: Path, aligned: dict | None, timing: LockTimin
     key = stage_hash("attack", config["model"], aligned_dir, resolved(cfg), spec.get("task"),
                      *(file_digest(spec.get(k)) for k in ("data", "harmful", "task_data")), *defense_inputs)
     folder = root / "stages" / f"attack-{key}"
-    with stage_lock(folder, lambda: is_finished(folder), timing) as compute:
-        if compute:
-            record: dict = {}
-            with measured(record):
-                summary = attack(config["model"], folder, cfg, aligned=aligned_dir, task=spec.get("task"),
-                                 data=spec.get("data"), harmful=spec.get("harmful"),
-                                 task_data=spec.get("task_data"), dtype=config.get("dtype"),
-                                 alignment_data=alignment_data).summary
-            record.update(steps=summary["steps"], mode=summary["mode"], defense=summary["defense"],
-                          first_loss=summary.get("first_loss"), last_loss=summary.get("last_loss"))
-            atomic_write_json(folder / "stage.json", record)
+
+    def work() -> dict:
+        summary = attack(config["model"], folder, cfg, aligned=aligned_dir, task=spec.get("task"),
+                         data=spec.get("data"), harmful=spec.get("harmful"), task_data=spec.get("task_data"),
+                         dtype=config.get("dtype"), alignment_data=alignment_data).summary
+        return {k: summary.get(k) for k in ("steps", "mode", "defense", "first_loss", "last_loss")}
+
+    compute_stage(folder, lambda: is_finished(folder), work, timing)
     return {"dir": str(folder), **_stage_record(folder)}
 
 
@@ -431,12 +433,10 @@ def run_eval(config: dict, root: Path, adapters: list[str], label: str, model: s
                                                            "xstest_prompts")))
     folder = root / "stages" / f"eval-{label}-{key}"
     results_path = folder / "results.json"
-    with stage_lock(folder, results_path.is_file, timing) as compute:
-        if compute:
-            record: dict = {}
-            with measured(record):
-                evaluate(settings, folder)
-            atomic_write_json(folder / "stage.json", record)
+    def work() -> None:
+        evaluate(settings, folder)
+
+    compute_stage(folder, results_path.is_file, work, timing)
     return {"dir": str(folder), **_stage_record(folder),
             "results": json.loads(results_path.read_text(encoding="utf-8"))}
 
@@ -692,7 +692,7 @@ def run_sweep(sweep: dict, where: str, echo=print, shard: tuple[int, int] | None
     """Run every cell (stages shared through the cache under the sweep's output) and write ``summary.csv``.
 
     With ``shard=(I, N)`` only the cells whose index in the grid is I modulo N, so that N workers share the sweep
-    (docs/distributed.md): stages are computed under a lock (``stage_lock``, ``timing``), and after each of its cells
+    (docs/distributed.md): stages are computed under a lock (``compute_stage``, ``timing``), and after each of its cells
     a worker rebuilds summary.csv from every cell finished so far, and at its end the analysis files too, under a
     lock on the summary: whichever worker ends last writes the complete files. ``on_complete(rows)`` is called
     (under that lock) by every worker that ends with every cell finished. Returns the summary's rows."""

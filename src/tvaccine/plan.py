@@ -23,8 +23,8 @@ target positions, and ε (pass 2) or the captured outputs (pass 1), one B×T×H 
 
 Every other method is a sequence of such passes (``NOTES`` says which, one line per method); its peak is the largest
 pass, plus what the step holds outside autograd (noise, hidden states, copies of the adapter), which
-``tvaccine.profiling`` does not see and the planner counts from the code. ``CHECKED`` lists the methods whose saved
-bytes ``tests/test_plan.py`` checks against the profiler on tiny Llamas; the rest of a prediction is modelled. Every
+``tvaccine.profiling`` does not see and the planner counts from the code. ``tests/test_plan.py`` checks every
+method's saved bytes against the profiler on tiny Llamas; the rest of a prediction is modelled. Every
 prediction is an upper bound in the data: all positions are targets (``target_fraction`` 1), every RepNoise row
 has a harmful partner, side batches (probe, harmful, TR) are as long as the rows.
 """
@@ -62,9 +62,6 @@ NOTES = {
     "tar-tvaccine": "three sft passes in turn (harmful, alignment at the attacked weights, alignment); plus two "
                     "adapter-size copies",
 }
-# Methods whose saved bytes tests/test_plan.py measures with tvaccine.profiling and checks: all of them. A method that
-# cannot be measured there is left out of this list, and its predictions are then reported as modelled.
-CHECKED = METHODS
 DTYPE_BYTES = {"float32": 4, "fp32": 4, "bfloat16": 2, "bf16": 2, "float16": 2, "fp16": 2}
 ADAPTER_BYTES = 4  # PEFT keeps LoRA weights in float32 on a bf16/fp16 model (autocast_adapter_dtype)
 RTX_4090_BYTES = 24 * 2**30
@@ -336,8 +333,7 @@ def plan(shape: ModelShape, method: str, batch: int, seq: int, dtype: str = "bfl
         # saved log-softmax plus, while the loss is formed, the logits in the model dtype and their float32 copy
         "logits": top.head + top.keep * shape.vocab * (4 + b),
     }
-    basis = ("saved bytes checked against tvaccine.profiling on tiny Llamas (tests/test_plan.py)"
-             if method in CHECKED else "modelled, not checked against a measurement")
+    basis = "saved bytes checked against tvaccine.profiling on tiny Llamas (tests/test_plan.py)"
     if top.held:
         basis += "; held tensors modelled"
     basis += "; an upper bound in the data (every position a target unless --target-fraction)"
@@ -350,19 +346,18 @@ def plan_named(model: str, method: str, **kwargs) -> Plan:
     return plan(resolve_shape(model), method, model=model, **kwargs)
 
 
-
 def plans_table(plans: list[Plan]) -> str:
     """One line per method: the predicted peak, its activations and whether it fits in 24 GiB."""
     first = plans[0]
     out = [f"{first.model}: batch {first.batch} × {first.seq} tokens, {first.dtype}. The planner's prediction from the "
-           "config, an upper bound in the data; *: saved bytes not checked against a measurement.",
+           "config, an upper bound in the data.",
            f"{'method':<26}{'peak GiB':>10}{'activations':>13}{'held':>7}  {'24 GiB':<7}peak in"]
     for p in plans:
-        mark = "" if p.method in CHECKED else "*"
-        out.append(f"{p.method + mark:<26}{p.total / 2**30:>10.2f}{p.components['activations'] / 2**30:>13.2f}"
+        out.append(f"{p.method:<26}{p.total / 2**30:>10.2f}{p.components['activations'] / 2**30:>13.2f}"
                    f"{p.components['held'] / 2**30:>7.2f}  {'fits' if p.total <= RTX_4090_BYTES else 'no':<7}"
                    f"{p.peak_pass}")
     return "\n".join(out)
+
 
 UNITS = {"gib": 2**30, "mib": 2**20, "gb": 10**9, "mb": 10**6}
 FIT_SEQS = (256, 512, 1024, 2048)
@@ -403,7 +398,7 @@ class Fit:
     dtype: str
     budget: int
     seqs: list
-    rows: list  # {method, seq, batch, peak (bytes at that batch, None when batch is 0), basis}
+    rows: list  # {method, seq, batch, peak (bytes at that batch, None when batch is 0)}
 
     def summary(self) -> dict:
         return asdict(self)
@@ -412,14 +407,13 @@ class Fit:
         """One row per method, one column per sequence length: the largest batch that fits (0: not one row)."""
         out = [f"Largest batch (rows of SEQ tokens) whose predicted peak fits in {self.budget / 2**30:.2f} GiB "
                f"({self.model}, {self.dtype}; 0: not one row). The planner's prediction from the config, an upper "
-               "bound in the data; *: saved bytes not checked against a measurement."]
+               "bound in the data."]
         out.append(f"{'method':<26}" + "".join(f"{'seq ' + str(s):>11}" for s in self.seqs))
         by_method: dict[str, list] = {}
         for row in self.rows:
             by_method.setdefault(row["method"], []).append(row)
         for method, rows in by_method.items():
-            mark = "" if method in CHECKED else "*"
-            out.append(f"{method + mark:<26}" + "".join(f"{r['batch']:>11}" for r in rows))
+            out.append(f"{method:<26}" + "".join(f"{r['batch']:>11}" for r in rows))
         return "\n".join(out)
 
 
@@ -430,6 +424,5 @@ def fit(shape: ModelShape, methods, budget: int, seqs=FIT_SEQS, model: str = "mo
         for seq in seqs:
             batch = largest_batch(shape, method, seq, budget, dtype=dtype, **kwargs)
             peak = plan(shape, method, batch, seq, dtype=dtype, **kwargs).total if batch else None
-            rows.append({"method": method, "seq": seq, "batch": batch, "peak": peak,
-                         "basis": "checked" if method in CHECKED else "modelled"})
+            rows.append({"method": method, "seq": seq, "batch": batch, "peak": peak})
     return Fit(model=model, dtype=dtype, budget=budget, seqs=list(seqs), rows=rows)
