@@ -9,10 +9,23 @@ from pathlib import Path
 import torch
 
 from tvaccine.data.tokenize import IGNORE_INDEX, CausalCollator, encode_row
+from tvaccine.layers import unwrap
 from tvaccine.lora import add_lora
 from tvaccine.methods import METHODS
 
-METHOD_ORDER = ("sft", "vaccine", "tvaccine")
+# What is measured: a method and the settings that make the variant. ``_gc``: the Trainer's activation checkpointing
+# on every layer (what a user short of memory turns on); T-Vaccine in both freeze scopes and with the authors'
+# checkpointing rule (configs/tvaccine-original.yaml: layer i-1 kept beside each active i, the reentrant gap).
+VARIANTS = {
+    "sft": ("sft", {}),
+    "sft_gc": ("sft", {"activation_checkpointing": True}),
+    "vaccine": ("vaccine", {}),
+    "vaccine_gc": ("vaccine", {"activation_checkpointing": True}),
+    "tvaccine": ("tvaccine", {}),
+    "tvaccine_layer": ("tvaccine", {"freeze_scope": "layer"}),
+    "tvaccine_original": ("tvaccine", {"neighbor_uncheckpointed": True, "reentrant_gradient_gap": True}),
+}
+METHOD_ORDER = tuple(VARIANTS)
 SHARED_DATA = Path(__file__).resolve().parents[3] / "shared" / "data"
 # T-Vaccine's paper settings; Vaccine keeps its own ρ 2. Importance and resampling follow K and J.
 SETTINGS = dict(lora_r=8, lora_alpha=4, lora_dropout=0.1, num_active_layers=8, layer_resample_steps=20,
@@ -39,16 +52,21 @@ def target_fraction(rows: list[dict]) -> float:
     return (labels != IGNORE_INDEX).float().mean().item()
 
 
-def make_trainer(method: str, base_model, rows: list[dict], probe_rows: list[dict], batch: int, seed: int = 0,
+def make_trainer(variant: str, base_model, rows: list[dict], probe_rows: list[dict], batch: int, seed: int = 0,
                  use_cpu: bool = True, **overrides):
+    """The trainer ``tvaccine align`` builds for a method or a ``VARIANTS`` key, ready for ``train_step``."""
+    method, variant_settings = VARIANTS.get(variant, (variant, {}))
     config_cls, trainer_cls = METHODS[method]
     fields = config_cls.__dataclass_fields__
     settings = {k: v for k, v in SETTINGS.items() if k in fields}
+    settings.update(variant_settings)
     settings.update(overrides)
     args = config_cls(output_dir="/tmp/tvaccine-bench", use_cpu=use_cpu, save_strategy="no", disable_tqdm=True,
                       per_device_train_batch_size=batch, max_steps=1000, seed=seed, **settings)
     torch.manual_seed(seed)
     model = add_lora(base_model, args.lora_r, args.lora_alpha, args.lora_dropout, args.lora_target_modules)
+    if args.activation_checkpointing:  # Trainer.train() does this; the benchmarks drive training_step themselves
+        unwrap(model).activation_checkpointing_enable()
     kwargs = {"harmful_dataset": probe_rows} if method == "tvaccine" else {}
     trainer = trainer_cls(model=model, args=args, train_dataset=rows, data_collator=CausalCollator(0), **kwargs)
     trainer.current_gradient_accumulation_steps = 1  # train() sets it; the benchmarks drive training_step
