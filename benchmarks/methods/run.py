@@ -3,12 +3,12 @@
 Each method runs `tvaccine.align.align` (the code path of `tvaccine align`) for a few optimizer steps on the same
 data: BeaverTails alignment-split prompts → refusals (the refusal writer), batch 4, max length 128, LoRA r 8 on
 q,k,v,o,gate,up,down; harmful data: the same prompts' harmful answers (RepNoise pairs rows by prompt) or the probe
-split. A callback times every optimizer step; the first two (warm-up, T-Vaccine's importance pass) are dropped and
-the median of the rest is reported; an untimed SFT run first takes the process's one-off costs. Methods run in
-``--rounds`` interleaved rounds so that drift of a noisy machine hits all of them alike; each round's per-method
-medians are divided by that round's SFT median and the median ratio is reported.
+split. A callback times every optimizer step; the first two (warm-up, T-Vaccine's importance pass) are dropped; an
+untimed SFT run first takes the process's one-off costs. Timing follows ``benchmarks/timing.py`` (the resource
+benchmark's too): ``--rounds`` interleaved rounds, per-round ratios to SFT and to Vaccine, their median with a
+95% bootstrap interval over rounds.
 
-    .venv/bin/python benchmarks/methods/run.py [--steps 8] [--rounds 2] [--methods sft,vaccine,...]
+    .venv/bin/python benchmarks/methods/run.py [--steps 6] [--rounds 5] [--methods sft,vaccine,...]
 
 Writes benchmarks/methods/results.json and results.csv.
 """
@@ -27,6 +27,8 @@ from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
 REPO = HERE.parents[1]
+sys.path.insert(0, str(HERE.parent))  # benchmarks/timing.py
+from timing import load_average, ratio_text, summarize  # noqa: E402
 SHARED = REPO.parent / "shared" / "data"
 COMMON = {"per_device_train_batch_size": 4, "max_length": 128, "learning_rate": 1e-3, "warmup_steps": 0,
           "save_strategy": "no", "logging_steps": 1, "disable_tqdm": True, "use_cpu": True, "seed": 0}
@@ -81,42 +83,44 @@ def main() -> None:
     from tvaccine.methods import METHODS
 
     ap = argparse.ArgumentParser()
-    ap.add_argument("--steps", type=int, default=8)
-    ap.add_argument("--rounds", type=int, default=2)
+    ap.add_argument("--steps", type=int, default=6)
+    ap.add_argument("--rounds", type=int, default=5)
     ap.add_argument("--methods", default=",".join(["sft"] + sorted(m for m in METHODS if m != "sft")))
     args = ap.parse_args()
     methods = args.methods.split(",")
     work = Path(tempfile.mkdtemp(prefix="tvaccine-methods-"))
     files = build_data(work)
+    load_before = load_average()
     # The process's first training pays one-off costs (allocator growth, kernel selection): 6 s/step instead of
     # 1.1 s for SFT here. An untimed warm-up run takes them before any method is timed.
     time_method("sft", files, 3, work)
     times: dict[str, list[list[float]]] = {m: [] for m in methods}
     for r in range(args.rounds):
         for m in methods:
-            t = time_method(m, files, args.steps, work)
+            t = time_method(m, files, args.steps, work)[2:]  # first two: warm-up, T-Vaccine's importance pass
             times[m].append(t)
-            print(f"round {r + 1}: {m:26s} median {statistics.median(t[2:]):.2f} s/step over {len(t) - 2} steps",
-                  flush=True)
-    rows = []
-    for m in methods:
-        medians = [statistics.median(t[2:]) for t in times[m]]
-        ratios = [med / statistics.median(sft[2:]) for med, sft in zip(medians, times["sft"])]
-        rows.append({"method": m, "s_per_step": round(statistics.median(medians), 3),
-                     "relative_to_sft": round(statistics.median(ratios), 2),
-                     "round_medians": [round(x, 3) for x in medians]})
+            print(f"round {r + 1}: {m:26s} median {statistics.median(t):.2f} s/step over {len(t)} steps", flush=True)
+    summary = summarize(times, refs=("sft", "vaccine"))
+    rows = [{"method": m, "s_per_step": round(summary[m]["median_s"], 3),
+             "relative_to_sft": summary[m].get("ratio_to_sft", {}).get("median", 1.0),
+             "relative_to_sft_ci95": summary[m].get("ratio_to_sft", {}).get("ci95"),
+             "relative_to_vaccine": summary[m].get("ratio_to_vaccine", {}).get("median", 1.0),
+             "relative_to_vaccine_ci95": summary[m].get("ratio_to_vaccine", {}).get("ci95")} for m in methods]
     from tvaccine.io import package_versions
 
     result = {"settings": {**COMMON, "steps": args.steps, "rounds": args.rounds, "by_method": BY_METHOD,
-                           "model": "smollm2-135m", "dropped_first_steps": 2}, "methods": rows,
-              "raw_step_times": times, "versions": package_versions()}
+                           "model": "smollm2-135m", "dropped_first_steps": 2}, "methods": rows, "timing": summary,
+              "raw_step_times": times, "load_average_start": load_before, "load_average_end": load_average(),
+              "versions": package_versions()}
     (HERE / "results.json").write_text(json.dumps(result, indent=2) + "\n", encoding="utf-8")
     with open(HERE / "results.csv", "w", newline="", encoding="utf-8") as f:
-        w = csv.DictWriter(f, fieldnames=["method", "s_per_step", "relative_to_sft"], extrasaction="ignore")
+        w = csv.DictWriter(f, fieldnames=["method", "s_per_step", "relative_to_sft", "relative_to_vaccine"],
+                           extrasaction="ignore")
         w.writeheader()
         w.writerows(rows)
-    for row in rows:
-        print(f"{row['method']:26s} {row['s_per_step']:6.2f} s/step  {row['relative_to_sft']:.2f}× SFT")
+    for m in methods:
+        print(f"{m:26s} {summary[m]['median_s']:6.2f} s/step  × SFT {ratio_text(summary[m], 'sft')}  "
+              f"× Vaccine {ratio_text(summary[m], 'vaccine')}")
 
 
 if __name__ == "__main__":

@@ -129,7 +129,8 @@ def draw_pareto(results: dict, path: Path) -> None:
         ci = timing[v].get("ratio_to_vaccine", {}).get("ci95", [x, x])
         ax.errorbar(x, y, xerr=[[x - ci[0]], [ci[1] - x]], fmt="o", capsize=3,
                     color="C3" if v.startswith("tvaccine") else "C0" if v.startswith("vaccine") else "C7")
-        ax.annotate(v, (x, y), textcoords="offset points", xytext=(6, 4), fontsize=8)
+        below = v.endswith("_layer")  # it sits on tvaccine's memory: label it underneath
+        ax.annotate(v, (x, y), textcoords="offset points", xytext=(6, -12 if below else 4), fontsize=8)
     fx, fy = zip(*sorted(points[v] for v in front))
     ax.step(fx, fy, where="post", color="k", lw=0.8, ls="--", label="Pareto front of Vaccine and T-Vaccine variants")
     shape = results["shape"]
@@ -153,7 +154,12 @@ def main() -> None:
     p.add_argument("--variants", default=",".join(METHOD_ORDER), help="comma-separated keys of harness.VARIANTS")
     p.add_argument("--output", default=str(HERE / "results.json"))
     p.add_argument("--worker", choices=METHOD_ORDER, help=argparse.SUPPRESS)
+    p.add_argument("--plot-only", action="store_true", help="redraw pareto.png from an existing --output")
     args = p.parse_args()
+    if args.plot_only:
+        out = Path(args.output)
+        draw_pareto(json.loads(out.read_text(encoding="utf-8")), out.with_name("pareto.png"))
+        return
     if args.worker:
         print(json.dumps(worker(args.worker, args.batch, args.seq)))
         return
