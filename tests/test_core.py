@@ -110,3 +110,16 @@ def test_sampling_is_reproducible_from_the_seed():
     a = [sample_layers(probs, 4, torch.Generator().manual_seed(7)) for _ in range(3)]
     assert a[0] == a[1] == a[2]
     assert top_layers(torch.tensor([0.1, 0.5, 0.2, 0.2]), 2) in ([1, 2], [1, 3])
+
+
+def test_capture_keeps_the_first_output_of_a_module_run_again_in_scope():
+    """A checkpointed layer recomputed in backward runs its hook again: the list must keep the forward's output
+    (the one the loss depends on), not the recomputed one, whose graph would otherwise stay alive."""
+    model = with_lora(tiny_llama())
+    layers = find_decoder_layers(model)
+    ids = torch.tensor([[3, 4, 5, 6]])
+    with capture_outputs(layers.attentions) as captured:
+        model(ids)
+        first = list(captured)
+        model(ids)  # a second run in scope, as a recomputation is
+        assert all(a is b for a, b in zip(captured, first))

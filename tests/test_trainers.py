@@ -299,3 +299,33 @@ def test_loss_on_target_positions_equals_the_models_own_loss(tmp_path):
     assert torch.allclose(ours, full, rtol=1e-6, atol=1e-7)
     for a, b in zip(ours_grads, full_grads):
         assert torch.allclose(a, b, rtol=1e-4, atol=1e-6)
+
+
+@pytest.mark.parametrize("checkpoint_inactive", [True, False])
+def test_importance_equals_a_plain_pass_with_every_parameter_trainable(tmp_path, checkpoint_inactive):
+    """The importance pass runs frozen and (with checkpoint_inactive) fully checkpointed to save memory; with LoRA
+    dropout on, P and the RNG stream after it equal those of an uncheckpointed pass through the trainable model."""
+    from tvaccine.importance import grad_norms, importance_probs
+    from tvaccine.perturb import capture_outputs
+
+    trainer = make_trainer("tvaccine", tmp_path, num_active_layers=2, lora_dropout=0.3,
+                           checkpoint_inactive=checkpoint_inactive)
+    trainer.model.train()
+    trainer._activate([1, 4])  # as at a later step: some attention LoRA frozen, the other layers checkpointed
+    torch.manual_seed(7)
+    probs = trainer.layer_importance(trainer.model)
+    after = torch.rand(3)
+    if checkpoint_inactive:  # the layers checkpointed before the pass are checkpointed after it
+        flags = [layer.gradient_checkpointing for layer in trainer.decoder.layers]
+        assert flags == [i not in (1, 4) for i in range(N_LAYERS)]
+
+    trainer.schedule.probe_epoch = trainer.schedule.probe_pos = 0  # the same probe batch again
+    batch = trainer._prepare_inputs(trainer._next_probe_batch())
+    trainer._set_checkpointed(set())
+    torch.manual_seed(7)
+    with capture_outputs(trainer.decoder.attentions) as captured:
+        loss = trainer.compute_loss(trainer.model, batch)
+    reference = importance_probs(grad_norms(torch.autograd.grad(loss, list(captured))))
+    assert torch.allclose(probs, reference, atol=1e-7, rtol=1e-6)
+    assert torch.equal(torch.rand(3), after)  # the dropout draws consumed the same random numbers
+    assert probs.max() > probs.min()

@@ -40,7 +40,9 @@ def capture_outputs(modules: Sequence[nn.Module]) -> Iterator[list]:
 
     An output that is not part of a graph (its layer and everything below are frozen) is replaced by a leaf that
     requires grad, so ∂L/∂a is defined for it too; downstream values, and so the loss, are unchanged.
-    Copy the list before calling ``autograd.grad`` if a captured module can be recomputed in backward.
+    A module run again in scope (a checkpointed layer recomputed in backward) gets the same leaf treatment, but the
+    list keeps the first output: holding the recomputed one would keep its recomputed graph, and what that graph
+    saved, alive until the scope ends.
     """
     store: list = [None] * len(modules)
 
@@ -50,7 +52,8 @@ def capture_outputs(modules: Sequence[nn.Module]) -> Iterator[list]:
             if not a.requires_grad and torch.is_grad_enabled():
                 a = a.detach().requires_grad_(True)
                 output = _with_first(output, a)
-            store[i] = a
+            if store[i] is None:
+                store[i] = a
             return output
 
         return hook

@@ -49,7 +49,7 @@ NOTES = {
     "vaccine": "pass 1 (parameters frozen) then pass 2 (as sft), each with ε or the captured outputs, B×T×H a layer",
     "vaccine_gc": "vaccine with every layer checkpointed; pass 1 recomputes layers without weight-gradient tensors",
     "tvaccine": "vaccine's passes over the S active layers, the inactive ones checkpointed; every K steps an "
-                "importance pass (probe batch, every layer, none checkpointed)",
+                "importance pass (probe batch, every layer captured, frozen and checkpointed)",
     "tvaccine-uniform": "tvaccine without the importance pass (layers drawn uniformly)",
     "tvaccine-topk": "as tvaccine (the S most important layers; the planner's lowest S is the costliest set anyway)",
     "tvaccine-no-perturbation": "tvaccine's pass 2 (no ε) and importance pass; no pass 1",
@@ -294,10 +294,9 @@ def plan(shape: ModelShape, method: str, batch: int, seq: int, dtype: str = "bfl
         passes["pass2"] = run(batch, everything, stash=eps, recompute="full")
     elif method in ("vaccine",) + SAMPLED:
         if method in ("tvaccine", "tvaccine-topk", "tvaccine-no-perturbation"):
-            # every K steps, before pass 1: no layer checkpointed, every output captured; all LoRA trains as at
-            # step 0 (later only the MLP's and the active attention's: an upper bound)
-            probe = states("entry", "full", list(range(L)))
-            passes["importance"] = run(probe_batch, probe, held=L * probe_batch * seq * h * b)
+            # every K steps, before pass 1: every parameter frozen, every layer checkpointed, every output
+            # captured (held beside the graph)
+            passes["importance"] = run(probe_batch, everything, held=L * probe_batch * seq * h * b)
         if method == "tvaccine-no-perturbation":  # ε is zero: no pass 1, nothing stashed
             passes["pass2"] = run(batch, train, recompute=recompute)
         else:

@@ -21,7 +21,7 @@ from tvaccine.importance import grad_norms, importance_probs, sample_layers, top
 from tvaccine.layers import unwrap
 from tvaccine.methods.auxiliary import load_state, save_state
 from tvaccine.methods.vaccine import VaccineConfig, VaccineTrainer
-from tvaccine.perturb import capture_outputs
+from tvaccine.perturb import capture_outputs, frozen
 
 SCHEDULE_FILE = "tvaccine_schedule.json"
 # The authors keep layer i-1 un-checkpointed next to each sampled layer i, but only in models deeper than this.
@@ -213,20 +213,27 @@ class TVaccineTrainer(VaccineTrainer):
             self._set_checkpointed(set(range(len(self.decoder))) - keep)
 
     def layer_importance(self, model) -> torch.Tensor:
-        """P over layers from ‖∂L/∂a_l‖ on the next probe batch (uniform under the uniform-sampling ablation)."""
+        """P over layers from ‖∂L/∂a_l‖ on the next probe batch (uniform under the uniform-sampling ablation).
+
+        Only ∂L/∂a_l is needed: every parameter is frozen, as in pass 1, and with ``checkpoint_inactive`` every
+        layer is checkpointed, so this pass (every layer captured) stays below a step's memory peak even for one
+        long row. Recomputation replays the same dropout masks and leaves the RNG stream as it was: P is unchanged.
+        """
         n = len(self.decoder)
         if self.args.layer_sampling == "uniform":
             return torch.full((n,), 1.0 / n)
         batch = self._prepare_inputs(self._next_probe_batch())
         checkpointed = [layer.gradient_checkpointing for layer in self.decoder.layers] \
             if self.args.checkpoint_inactive else None
-        if checkpointed:  # no recomputation, so the capture hooks fire once per layer
-            self._set_checkpointed(set())
+        if checkpointed:
+            self._set_checkpointed(set(range(n)))
         try:
-            with self.accelerator.no_sync(model), self.compute_loss_context_manager():
+            with self.accelerator.no_sync(model), self.compute_loss_context_manager(), frozen(model.parameters()):
+                # The hooks stay during autograd.grad: layer 0, recomputed, must again turn its frozen attention
+                # output into a leaf, or it saves nothing. The list is copied: recomputation overwrites it.
                 with capture_outputs(self.decoder.attentions) as captured:
                     loss = self.compute_loss(model, batch)
-                grads = torch.autograd.grad(loss, list(captured))
+                    grads = torch.autograd.grad(loss, list(captured))
         finally:
             if checkpointed:
                 self._set_checkpointed({i for i, c in enumerate(checkpointed) if c})
