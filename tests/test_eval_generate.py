@@ -185,3 +185,20 @@ def test_adapters_are_merged_in_turn(tmp_path):
     torch.testing.assert_close(ab - base, (a - base) + (b - base))  # both deltas are in
     with pytest.raises(UserError, match="not a LoRA adapter"):
         gen.load_for_generation(str(base_dir), [str(tmp_path)])
+
+
+def test_the_generator_goes_to_the_gpu_when_there_is_one(tmp_path, monkeypatch):
+    """Evaluation generates on the GPU if one is visible (it used to stay on the CPU), or on the device asked for."""
+    from eval_helpers import save_tiny
+
+    base_dir = save_tiny(tmp_path / "base")
+    moved = []
+    real_to = torch.nn.Module.to
+    monkeypatch.setattr(torch.nn.Module, "to", lambda self, *a, **k: moved.append(a[0] if a else k) or self)
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    gen.load_for_generation(str(base_dir))
+    gen.load_for_generation(str(base_dir), device="cpu")
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    gen.load_for_generation(str(base_dir))
+    monkeypatch.setattr(torch.nn.Module, "to", real_to)
+    assert [m for m in moved if m in ("cuda", "cpu")] == ["cuda", "cpu", "cpu"]

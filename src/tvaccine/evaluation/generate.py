@@ -41,8 +41,10 @@ class GenerationStats:
         return self.new_tokens / self.seconds if self.seconds > 0 else 0.0
 
 
-def load_for_generation(model: str, adapters: list[str] | tuple[str, ...] = (), dtype: str | None = None):
-    """Base model with each LoRA adapter merged in order (aligned, then attacked), plus a left-padding tokenizer."""
+def load_for_generation(model: str, adapters: list[str] | tuple[str, ...] = (), dtype: str | None = None,
+                        device: str | None = None):
+    """Base model with each LoRA adapter merged in order (aligned, then attacked), on ``device`` (default: the GPU
+    if there is one, else the CPU), plus a left-padding tokenizer."""
     from tvaccine.models import load_model, load_tokenizer, model_skeleton
 
     model_skeleton(model)  # a damaged config.json fails here, before the tokenizer and the weights load
@@ -57,7 +59,9 @@ def load_for_generation(model: str, adapters: list[str] | tuple[str, ...] = (), 
 
         for adapter in adapters:
             lm = PeftModel.from_pretrained(lm, adapter).merge_and_unload()
-    lm.eval()
+    import torch
+
+    lm.eval().to(device or ("cuda" if torch.cuda.is_available() else "cpu"))
     return lm, tokenizer
 
 
