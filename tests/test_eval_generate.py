@@ -202,3 +202,35 @@ def test_the_generator_goes_to_the_gpu_when_there_is_one(tmp_path, monkeypatch):
     gen.load_for_generation(str(base_dir))
     monkeypatch.setattr(torch.nn.Module, "to", real_to)
     assert [m for m in moved if m in ("cuda", "cpu")] == ["cuda", "cpu", "cpu"]
+
+
+def test_adapters_are_merged_in_float32_before_a_16_bit_cast(tmp_path):
+    """--dtype bfloat16 with adapters: the weights are the float32 merge cast to bf16, not a merge in bf16 (which
+    rounds most of a small LoRA delta away)."""
+    from peft import LoraConfig, get_peft_model
+    from transformers import AutoModelForCausalLM
+
+    from eval_helpers import save_tiny
+
+    base_dir = save_tiny(tmp_path / "base")
+    torch.manual_seed(0)
+    cfg = LoraConfig(r=2, lora_alpha=4, target_modules=["q_proj"], init_lora_weights=False)
+    peft = get_peft_model(AutoModelForCausalLM.from_pretrained(base_dir), cfg)
+    with torch.no_grad():  # a small delta, as a short alignment leaves
+        for name, p in peft.named_parameters():
+            if "lora_B" in name:
+                p.mul_(1e-3)
+    peft.save_pretrained(tmp_path / "a")
+
+    def q(dtype, device="cpu"):
+        model, _ = gen.load_for_generation(str(base_dir), [str(tmp_path / "a")], dtype=dtype, device=device)
+        return model.model.layers[0].self_attn.q_proj.weight
+
+    merged32, merged16 = q("float32"), q("bfloat16")
+    assert merged16.dtype == torch.bfloat16
+    torch.testing.assert_close(merged16, merged32.to(torch.bfloat16), rtol=0, atol=0)
+    in_bf16 = (AutoModelForCausalLM.from_pretrained(base_dir, dtype=torch.bfloat16)
+               .model.layers[0].self_attn.q_proj.weight
+               + (merged32 - AutoModelForCausalLM.from_pretrained(base_dir).model.layers[0].self_attn.q_proj.weight)
+               .to(torch.bfloat16))
+    assert not torch.equal(merged16, in_bf16)  # the test's delta is one that a bf16 merge would change

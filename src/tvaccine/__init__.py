@@ -1,6 +1,6 @@
 """tvaccine: Targeted Vaccine (Liu et al., arXiv 2410.09760) and its baselines on the Hugging Face stack."""
 
-__version__ = "0.2.1"
+__version__ = "0.2.2"
 
 CITATION = (
     "@article{liu2024targeted,\n"
