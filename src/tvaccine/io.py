@@ -61,8 +61,11 @@ def package_versions() -> dict[str, str]:
     import platform
     from importlib.metadata import PackageNotFoundError, version
 
-    out = {"python": platform.python_version()}
-    for name in ("tvaccine", "torch", "transformers", "peft", "accelerate", "datasets"):
+    from tvaccine import __version__
+
+    # this source's own version: installed metadata can be stale (an editable install, or PYTHONPATH=src)
+    out = {"python": platform.python_version(), "tvaccine": __version__}
+    for name in ("torch", "transformers", "peft", "accelerate", "datasets"):
         try:
             out[name] = version(name)
         except PackageNotFoundError:
