@@ -230,7 +230,7 @@ class TVaccineTrainer(VaccineTrainer):
         try:
             with self.accelerator.no_sync(model), self.compute_loss_context_manager(), frozen(model.parameters()):
                 # The hooks stay during autograd.grad: layer 0, recomputed, must again turn its frozen attention
-                # output into a leaf, or it saves nothing. The list is copied: recomputation overwrites it.
+                # output into a leaf, or it saves nothing.
                 with capture_outputs(self.decoder.attentions) as captured:
                     loss = self.compute_loss(model, batch)
                     grads = torch.autograd.grad(loss, list(captured))

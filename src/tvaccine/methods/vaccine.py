@@ -53,7 +53,6 @@ class VaccineTrainer(TargetPositionsLoss, Trainer):
         with self.accelerator.no_sync(model), self.compute_loss_context_manager(), frozen(model.parameters()):
             with capture_outputs(modules) as captured:
                 loss = self.compute_loss(model, inputs)
-            # copy: recomputation of checkpointed layers during autograd.grad would overwrite the list
             grads = torch.autograd.grad(loss, list(captured))
         return worst_case_perturbation(grads, self.args.rho)
 
