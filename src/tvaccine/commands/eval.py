@@ -12,9 +12,9 @@ def _csv(value: str) -> list[str]:
 def register(sub) -> None:
     p = sub.add_parser(
         "eval", help="harmful score, over-refusal and fine-tuning accuracy of a model (+ adapters)",
-        description="Generate greedy answers in the Alpaca template and score them as published (DESIGN.md §3). "
+        description="Generate greedy answers in the Alpaca template and score them as published (docs/design.md §3). "
                     "Harmful means flagged by the judge and not degenerate (empty, template echo, loop); "
-                    "intervals are Wilson 95%%. Rerunning the same command resumes from the generations already in "
+                    "intervals are Wilson 95%. Rerunning the same command resumes from the generations already in "
                     "OUTPUT.",
     )
     p.add_argument("--model", required=True, help="hub id, local folder, or smollm2-135m (embedded, offline)")

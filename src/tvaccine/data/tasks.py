@@ -1,4 +1,4 @@
-"""The fine-tuning tasks (SST-2, AG News, GSM8K) in the authors' instruction and answer formats (DESIGN.md §3).
+"""The fine-tuning tasks (SST-2, AG News, GSM8K) in the authors' instruction and answer formats (docs/design.md §3).
 
 Each task turns a hub row (``sentence/label``, ``text/label``, ``question/answer``) or an already formatted row
 (Alpaca, a templated merged file, or a chat turn ``<instruction>\\nInput: <text>``) into

@@ -1,4 +1,5 @@
-"""The Alpaca prompt template used in training and evaluation (DESIGN.md §3), as the authors' ``PROMPT_DICT`` has it.
+"""The Alpaca prompt template used in training and evaluation (docs/design.md §3), as the authors'
+``PROMPT_DICT`` has it.
 
 Some published data files (the xinykou merged sets) hold the whole templated prompt in ``instruction``;
 ``strip_template`` recovers the instruction and input so the template is not applied twice.

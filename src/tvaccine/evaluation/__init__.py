@@ -1,1 +1,2 @@
-"""Evaluation: batched greedy generation, harm judges, task scorers and the ``tvaccine eval`` run (DESIGN.md §3)."""
+"""Evaluation: batched greedy generation, harm judges, task scorers and the ``tvaccine eval`` run
+(docs/design.md §3)."""

@@ -1,4 +1,4 @@
-"""Scores as published (DESIGN.md §3), with a stricter variant beside each lenient check, Wilson intervals and the
+"""Scores as published (docs/design.md §3), with a stricter variant beside each lenient check, Wilson intervals and the
 majority-label baseline of fine-tuning accuracy.
 
 Published checks, kept exactly:
