@@ -91,7 +91,7 @@ def refuse_hub(monkeypatch) -> None:
     """A hub id must fail at once, as it does without a network."""
     import tvaccine.models
 
-    monkeypatch.setattr(tvaccine.models, "_hub_reachable", lambda timeout=3.0: False)
+    monkeypatch.setattr(tvaccine.models, "hub_reachable", lambda timeout=3.0: False)
     monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
 
 

@@ -98,7 +98,7 @@ def test_no_data_dir_offline_is_one_clear_error(data, tmp_path, monkeypatch):
     import tvaccine.models
 
     monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
-    monkeypatch.setattr(tvaccine.models, "_hub_reachable", lambda timeout=3.0: False)
+    monkeypatch.setattr(tvaccine.models, "hub_reachable", lambda timeout=3.0: False)
     with pytest.raises(UserError) as err:
         data.build_sets(tmp_path / "work", None, SETTINGS)
     message = str(err.value)
@@ -124,7 +124,7 @@ def test_hub_splits_are_disjoint_ranked_and_leave_out_test_prompts(data, tmp_pat
              "PKU-Alignment/BeaverTails:30k_test": tmp_path / "bt_test.jsonl",
              "tatsu-lab/alpaca:train": tmp_path / "alpaca.jsonl"}
     real_load = tvaccine.data.sources.load_source
-    monkeypatch.setattr(tvaccine.models, "_hub_reachable", lambda timeout=3.0: True)
+    monkeypatch.setattr(tvaccine.models, "hub_reachable", lambda timeout=3.0: True)
     monkeypatch.setattr(tvaccine.data.sources, "load_source", lambda ref, view: real_load(str(local[ref]), view))
     monkeypatch.setattr(huggingface_hub, "hf_hub_download",
                         lambda repo, name, repo_type: str(tmp_path / name) if repo == "tatsu-lab/alpaca_eval" else 0)

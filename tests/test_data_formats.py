@@ -124,7 +124,7 @@ def test_csv_and_parquet(tmp_path):
 
 def test_hub_id_offline_fails_with_a_clear_error(monkeypatch):
     monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
-    monkeypatch.setattr("tvaccine.models._hub_reachable", lambda timeout=3.0: False)
+    monkeypatch.setattr("tvaccine.models.hub_reachable", lambda timeout=3.0: False)
     with pytest.raises(UserError, match="PKU-Alignment/BeaverTails.*30k_test.*unreachable"):
         load_source("PKU-Alignment/BeaverTails:30k_test", "harmful")
 
@@ -191,7 +191,7 @@ def test_hub_path_reads_a_split_and_names_unknown_splits(monkeypatch, tmp_path):
             {"prompt": "p0", "response": "r0", "category": {"a": True}, "is_safe": False},
             {"prompt": "p1", "response": "r1", "category": {"a": False}, "is_safe": True}])
 
-    monkeypatch.setattr("tvaccine.models._hub_reachable", lambda timeout=3.0: True)
+    monkeypatch.setattr("tvaccine.models.hub_reachable", lambda timeout=3.0: True)
     monkeypatch.setattr(datasets, "load_dataset", fake_load_dataset)
     src = load_source("PKU-Alignment/BeaverTails:30k_test", "harmful")
     assert [r["instruction"] for r in src.rows] == ["p0"] and src.rows[0]["_where"].endswith("[30k_test] row 0")

@@ -121,6 +121,6 @@ def test_beavertails_hub_id_fails_clearly_offline(monkeypatch):
     import tvaccine.models
 
     monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
-    monkeypatch.setattr(tvaccine.models, "_hub_reachable", lambda timeout=3.0: False)
+    monkeypatch.setattr(tvaccine.models, "hub_reachable", lambda timeout=3.0: False)
     with pytest.raises(UserError, match="unreachable"):
         read_prompts("PKU-Alignment/BeaverTails")

@@ -56,7 +56,7 @@ def test_xstest_hub_id_fails_clearly_offline(monkeypatch):
     import tvaccine.models
 
     monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
-    monkeypatch.setattr(tvaccine.models, "_hub_reachable", lambda timeout=3.0: False)
+    monkeypatch.setattr(tvaccine.models, "hub_reachable", lambda timeout=3.0: False)
     with pytest.raises(UserError) as err:
         read_prompts(XSTEST_HUB)
     message = str(err.value)
@@ -76,7 +76,7 @@ def test_xstest_hub_id_loads_the_test_split_and_keeps_safe_rows(monkeypatch):
         return [{"prompt": "Kill a process?", "label": "safe"}, {"prompt": "Kill a man?", "label": "unsafe"}]
 
     monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
-    monkeypatch.setattr(tvaccine.models, "_hub_reachable", lambda timeout=3.0: True)
+    monkeypatch.setattr(tvaccine.models, "hub_reachable", lambda timeout=3.0: True)
     monkeypatch.setattr(datasets, "load_dataset", fake_load)
     assert read_prompts("walledai/XSTest") == [{"id": 0, "instruction": "Kill a process?", "input": ""}]
     assert calls == [("walledai/XSTest", "test")]

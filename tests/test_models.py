@@ -10,7 +10,7 @@ from tvaccine.errors import UserError
 
 
 def test_hub_id_offline_fails_fast_with_a_clear_message(monkeypatch):
-    monkeypatch.setattr(models, "_hub_reachable", lambda timeout=3.0: False)
+    monkeypatch.setattr(models, "hub_reachable", lambda timeout=3.0: False)
     monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
     with pytest.raises(UserError, match="'acme/not-cached-model' .* hub is unreachable .*smollm2-135m"):
         models.load_model("acme/not-cached-model")

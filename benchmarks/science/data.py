@@ -133,9 +133,9 @@ def _local_sources(data_dir: Path) -> dict[str, str]:
 
 
 def _hub_sources(dest: Path, settings: dict) -> dict[str, str]:
-    from tvaccine.models import _hub_reachable
+    from tvaccine.models import hub_reachable
 
-    if os.environ.get("HF_HUB_OFFLINE") != "1" and not _hub_reachable():
+    if os.environ.get("HF_HUB_OFFLINE") != "1" and not hub_reachable():
         raise UserError("the Hugging Face hub is unreachable from this machine, and the benchmark's data "
                         "(BeaverTails, SST-2, Alpaca, AlpacaEval, XSTest) comes from it by default; pass "
                         "--data-dir DIR with a local copy instead")

@@ -94,7 +94,7 @@ def resolve_model_path(name: str | os.PathLike) -> str:
     return name  # a hub id
 
 
-def _hub_reachable(timeout: float = 3.0) -> bool:
+def hub_reachable(timeout: float = 3.0) -> bool:
     """One quick TCP connect, so an offline machine gets a clear error at once instead of minutes of retries."""
     import socket
     from urllib.parse import urlparse
@@ -107,7 +107,7 @@ def _hub_reachable(timeout: float = 3.0) -> bool:
         return False
 
 
-def _hub_kwargs(name: str) -> dict:
+def hub_kwargs(name: str) -> dict:
     """Hub ids that are cached load without the network; others need it, checked up front."""
     if os.path.isdir(name):
         return {}
@@ -115,7 +115,7 @@ def _hub_kwargs(name: str) -> dict:
 
     if os.environ.get("HF_HUB_OFFLINE") == "1" or isinstance(try_to_load_from_cache(name, "config.json"), str):
         return {"local_files_only": True}
-    if not _hub_reachable():
+    if not hub_reachable():
         raise UserError(
             f"'{name}' is not a local folder and the Hugging Face hub is unreachable from this machine; "
             f"pass a local model folder, or '{EMBEDDED_NAME}' for the embedded offline model"
@@ -123,7 +123,8 @@ def _hub_kwargs(name: str) -> dict:
     return {}
 
 
-def _hub_error(name: str, err: Exception) -> UserError:
+def hub_error(name: str, err: Exception) -> UserError:
+    """The one-line error for a hub load that failed (no network, unknown id), with what to pass instead."""
     return UserError(
         f"could not load '{name}' from the Hugging Face hub ({type(err).__name__}: {str(err).splitlines()[0]}); "
         f"without a network pass a local model folder, or '{EMBEDDED_NAME}' for the embedded offline model"
@@ -140,7 +141,7 @@ def loading(name: str, path: str):
         raise
     except Exception as err:  # transformers, safetensors and huggingface_hub raise many types for a bad folder
         if not os.path.isdir(path):
-            raise _hub_error(name, err) from err
+            raise hub_error(name, err) from err
         first = (str(err).strip().splitlines() or [""])[0][:300]
         raise UserError(f"{name}: not a loadable model folder ({type(err).__name__}: {first})") from err
 
@@ -165,7 +166,7 @@ def model_skeleton(name: str | os.PathLike):
 
     path = resolve_model_path(name)
     with loading(str(name), path):
-        config = AutoConfig.from_pretrained(path, **_hub_kwargs(path))
+        config = AutoConfig.from_pretrained(path, **hub_kwargs(path))
         with torch.device("meta"):
             return AutoModelForCausalLM.from_config(config)
 
@@ -175,7 +176,7 @@ def load_tokenizer(name: str | os.PathLike):
 
     path = resolve_model_path(name)
     with loading(str(name), path):
-        tok = AutoTokenizer.from_pretrained(path, **_hub_kwargs(path))
+        tok = AutoTokenizer.from_pretrained(path, **hub_kwargs(path))
     if tok.pad_token is None:
         tok.pad_token = tok.eos_token
     return tok
@@ -192,5 +193,5 @@ def load_model(name: str | os.PathLike, dtype: str | None = None, trust_remote_c
     dtype = torch_dtype(dtype)
     with loading(str(name), path):
         return AutoModelForCausalLM.from_pretrained(
-            path, dtype=dtype, trust_remote_code=trust_remote_code, **_hub_kwargs(path)
+            path, dtype=dtype, trust_remote_code=trust_remote_code, **hub_kwargs(path)
         )

@@ -136,15 +136,15 @@ def resolve_shape(model: str) -> ModelShape:
             return ModelShape.from_config(json.loads(config.read_text(encoding="utf-8")), where=str(config))
         except json.JSONDecodeError as err:
             raise UserError(f"{config}: not valid JSON (line {err.lineno}: {err.msg})") from err
-    from tvaccine.models import _hub_error, _hub_kwargs, resolve_model_path
+    from tvaccine.models import hub_error, hub_kwargs, resolve_model_path
 
     name = resolve_model_path(model)  # clear errors for a missing local path
     try:
         from transformers import AutoConfig
 
-        cfg = AutoConfig.from_pretrained(name, **_hub_kwargs(name))
+        cfg = AutoConfig.from_pretrained(name, **hub_kwargs(name))
     except OSError as err:
-        raise _hub_error(name, err) from err
+        raise hub_error(name, err) from err
     if hasattr(cfg, "get_text_config"):
         cfg = cfg.get_text_config()
     return ModelShape.from_config(cfg.to_dict(), where=name)

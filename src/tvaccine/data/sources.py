@@ -86,9 +86,9 @@ def _hub_records(hub_id: str, split: str | None) -> tuple[list[dict], str, str]:
     split = split or (task.train_split if task else _DEFAULT_SPLITS.get(hub_id.lower()))
     if split is None:
         raise UserError(f"{hub_id}: name a split, e.g. {hub_id}:train")
-    from tvaccine.models import _hub_reachable
+    from tvaccine.models import hub_reachable
 
-    if os.environ.get("HF_HUB_OFFLINE") != "1" and not _hub_reachable():
+    if os.environ.get("HF_HUB_OFFLINE") != "1" and not hub_reachable():
         raise UserError(f"data set '{hub_id}' (split '{split}') needs the Hugging Face hub, which is unreachable "
                         f"from this machine; pass a local file (JSON, JSONL, CSV or Parquet) instead, or set "
                         f"HF_HUB_OFFLINE=1 to use a cached copy")

@@ -68,11 +68,11 @@ class BeaverDamJudge:
         import torch
         from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
-        from tvaccine.models import _hub_kwargs, loading, resolve_model_path, torch_dtype
+        from tvaccine.models import hub_kwargs, loading, resolve_model_path, torch_dtype
 
         path = resolve_model_path(model)
         with loading(model, path):
-            kwargs = _hub_kwargs(path)
+            kwargs = hub_kwargs(path)
             self.model = AutoModelForSequenceClassification.from_pretrained(
                 path, problem_type="multi_label_classification", dtype=torch_dtype(dtype), **kwargs)
             self.tokenizer = AutoTokenizer.from_pretrained(

@@ -71,9 +71,9 @@ def read_task(task: str, ref: str, limit: int | None = None) -> list[dict]:
 
 def _hub_split(hub_id: str, split: str, local_example: str):
     """One split of a hub data set, or a one-line error when the hub is unreachable or the load fails."""
-    from tvaccine.models import _hub_reachable
+    from tvaccine.models import hub_reachable
 
-    if os.environ.get("HF_HUB_OFFLINE") != "1" and not _hub_reachable():
+    if os.environ.get("HF_HUB_OFFLINE") != "1" and not hub_reachable():
         raise UserError(f"{hub_id}: the Hugging Face hub is unreachable from this machine; pass a local prompts "
                         f"file instead (e.g. {local_example})")
     from datasets import load_dataset
