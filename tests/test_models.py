@@ -43,3 +43,17 @@ def test_embedded_default_is_cached_as_the_same_weights():
     with torch.no_grad():
         assert torch.allclose(model(ids).logits, gguf(ids).logits, atol=1e-5)
     assert models.load_tokenizer("default")("hello")["input_ids"]
+
+
+def test_wrapping_with_peft_prints_no_deprecation_warning(tmp_path):
+    """PEFT reads a property transformers 5 deprecates; our wrapping and adapter loading silence only that."""
+    import warnings
+
+    from conftest import tiny_llama
+    from tvaccine.lora import add_lora, load_adapter
+
+    with warnings.catch_warnings(record=True) as seen:
+        warnings.simplefilter("always")
+        add_lora(tiny_llama(2), r=4, alpha=8, dropout=0.0, targets=["q_proj"]).save_pretrained(tmp_path)
+        load_adapter(tiny_llama(2), str(tmp_path))
+    assert not [w for w in seen if "is_gradient_checkpointing" in str(w.message)]

@@ -158,15 +158,13 @@ def prepare_model(base, config: AttackConfig, aligned: str | None, task: str | N
     """The model the attack trains, per ``config.mode``; only the weights the mode names require grad."""
     from transformers import set_seed
 
-    from tvaccine.lora import add_lora
+    from tvaccine.lora import add_lora, load_adapter
 
     check_aligned(config, aligned)
     if aligned:
-        from peft import PeftModel
-
         if config.mode == "continue":
-            return PeftModel.from_pretrained(base, aligned, is_trainable=True)
-        base = PeftModel.from_pretrained(base, aligned).merge_and_unload()
+            return load_adapter(base, aligned, is_trainable=True)
+        base = load_adapter(base, aligned).merge_and_unload()
     if config.mode == "full":
         for p in base.parameters():
             p.requires_grad_(True)
@@ -252,8 +250,7 @@ def attack(model: str, output: str | Path, config: AttackConfig, aligned: str | 
 
 def load_attacked(output: str | Path, dtype: str | None = None, model_obj=None):
     """The attacked model of a finished run: base (+ merged aligned adapter) + attack adapter, or the full model."""
-    from peft import PeftModel
-
+    from tvaccine.lora import load_adapter
     from tvaccine.models import load_model
 
     output = Path(output)
@@ -264,5 +261,5 @@ def load_attacked(output: str | Path, dtype: str | None = None, model_obj=None):
         return load_model(str(output), dtype)
     base = model_obj if model_obj is not None else load_model(settings["model"], dtype)
     if settings["aligned"] and settings["mode"] == "fresh":
-        base = PeftModel.from_pretrained(base, settings["aligned"]).merge_and_unload()
-    return PeftModel.from_pretrained(base, str(output))
+        base = load_adapter(base, settings["aligned"]).merge_and_unload()
+    return load_adapter(base, str(output))

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import warnings
+from contextlib import contextmanager
+
 from torch import nn
 
 from tvaccine.errors import UserError
@@ -26,6 +29,24 @@ def resolve_targets(model: nn.Module, targets: list[str]) -> list[str] | str:
     )
 
 
+@contextmanager
+def peft_wrapping():
+    """Scope for wrapping a model with PEFT. PEFT 0.21 reads ``model.is_gradient_checkpointing``, which
+    transformers 5 deprecates: a FutureWarning on every wrap that says nothing to a user and that they cannot act
+    on. Only that warning is silenced, only here."""
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message="`is_gradient_checkpointing` is deprecated", category=FutureWarning)
+        yield
+
+
+def load_adapter(model: nn.Module, folder: str, **kwargs):
+    """``PeftModel.from_pretrained`` inside ``peft_wrapping``."""
+    from peft import PeftModel
+
+    with peft_wrapping():
+        return PeftModel.from_pretrained(model, folder, **kwargs)
+
+
 def add_lora(model: nn.Module, r: int, alpha: float, dropout: float, targets: list[str]):
     from peft import LoraConfig, get_peft_model
 
@@ -33,4 +54,5 @@ def add_lora(model: nn.Module, r: int, alpha: float, dropout: float, targets: li
         r=r, lora_alpha=alpha, lora_dropout=dropout, target_modules=resolve_targets(model, targets),
         bias="none", task_type="CAUSAL_LM",
     )
-    return get_peft_model(model, config)
+    with peft_wrapping():
+        return get_peft_model(model, config)

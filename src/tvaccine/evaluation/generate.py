@@ -64,10 +64,10 @@ def load_for_generation(model: str, adapters: list[str] | tuple[str, ...] = (), 
             raise UserError(f"{adapter}: not a LoRA adapter folder (no adapter_config.json)")
     lm = load_model(model, dtype="float32" if adapters else dtype)
     if adapters:
-        from peft import PeftModel
+        from tvaccine.lora import load_adapter
 
         for adapter in adapters:
-            lm = PeftModel.from_pretrained(lm, adapter).merge_and_unload()
+            lm = load_adapter(lm, adapter).merge_and_unload()
         if target == "auto":  # what from_pretrained would have chosen: the checkpoint's dtype
             saved = getattr(skeleton.config, "dtype", None)
             target = getattr(torch, saved, None) if isinstance(saved, str) else saved
