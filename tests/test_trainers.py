@@ -329,3 +329,9 @@ def test_importance_equals_a_plain_pass_with_every_parameter_trainable(tmp_path,
     assert torch.allclose(probs, reference, atol=1e-7, rtol=1e-6)
     assert torch.equal(torch.rand(3), after)  # the dropout draws consumed the same random numbers
     assert probs.max() > probs.min()
+
+
+def test_pin_memory_is_off_without_a_gpu(tmp_path):
+    """Pinned memory only speeds up copies to a GPU; left on, the Trainer warns on every CPU run."""
+    config = METHODS["sft"][0](output_dir=str(tmp_path), use_cpu=True)
+    assert config.dataloader_pin_memory is False

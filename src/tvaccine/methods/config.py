@@ -39,6 +39,11 @@ class LoraTrainingConfig(TrainingArguments):
 
     def __post_init__(self):
         super().__post_init__()
+        import torch
+
+        # Pinned memory only helps copies to a GPU; without one the Trainer's default warns on every run.
+        if self.dataloader_pin_memory and (self.use_cpu or not torch.cuda.is_available()):
+            self.dataloader_pin_memory = False
         self._check(self.lora_r >= 1, "lora_r", "must be at least 1")
         self._check(self.lora_alpha is None or 0 < self.lora_alpha < math.inf, "lora_alpha", "must be positive")
         self._check(0 <= self.lora_dropout < 1, "lora_dropout", "must be in [0, 1)")
