@@ -10,7 +10,7 @@ benchmark's too): ``--rounds`` interleaved rounds, per-round ratios to SFT and t
 
     .venv/bin/python benchmarks/methods/run.py [--steps 6] [--rounds 5] [--methods sft,vaccine,...]
 
-Writes benchmarks/methods/results.json and results.csv.
+Writes benchmarks/methods/results.json and results.csv (``--output`` changes the stem).
 """
 
 from __future__ import annotations
@@ -85,6 +85,7 @@ def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--steps", type=int, default=6)
     ap.add_argument("--rounds", type=int, default=5)
+    ap.add_argument("--output", default="results", help="file name stem of the .json and .csv written here")
     ap.add_argument("--methods", default=",".join(["sft"] + sorted(m for m in METHODS if m != "sft")))
     args = ap.parse_args()
     methods = args.methods.split(",")
@@ -112,8 +113,8 @@ def main() -> None:
                            "model": "smollm2-135m", "dropped_first_steps": 2}, "methods": rows, "timing": summary,
               "raw_step_times": times, "load_average_start": load_before, "load_average_end": load_average(),
               "versions": package_versions()}
-    (HERE / "results.json").write_text(json.dumps(result, indent=2) + "\n", encoding="utf-8")
-    with open(HERE / "results.csv", "w", newline="", encoding="utf-8") as f:
+    (HERE / f"{args.output}.json").write_text(json.dumps(result, indent=2) + "\n", encoding="utf-8")
+    with open(HERE / f"{args.output}.csv", "w", newline="", encoding="utf-8") as f:
         w = csv.DictWriter(f, fieldnames=["method", "s_per_step", "relative_to_sft", "relative_to_vaccine"],
                            extrasaction="ignore")
         w.writeheader()
