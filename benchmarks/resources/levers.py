@@ -30,8 +30,8 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # benchmarks/timing.py
-from bench import MODEL, load_rows  # noqa: E402
-from harness import SETTINGS, batch_of, make_trainer, train_step  # noqa: E402
+from bench import DATA, MODEL, load_rows  # noqa: E402
+from harness import SETTINGS, batch_of, full_length_rows, make_trainer, train_step  # noqa: E402
 from timing import load_average, ratio_text, summarize  # noqa: E402
 from tvaccine.importance import sample_layers  # noqa: E402
 from tvaccine.io import atomic_write_json, package_versions  # noqa: E402
@@ -110,8 +110,6 @@ def max_difference(a: dict, b: dict) -> float:
 
 def layer0_frequency(rows, probe_rows: int, draws: int) -> dict:
     """Importance on ``probe_rows`` real probe rows (K steps each), ``draws`` draws from each: how often is 0 in?"""
-    from bench import DATA
-    from harness import full_length_rows
     from tvaccine.models import load_tokenizer
 
     probe = full_length_rows(load_tokenizer(MODEL), DATA / "probe.jsonl", 128, probe_rows)

@@ -63,7 +63,7 @@ def _owner_is_dead(info: dict) -> bool:
     except ProcessLookupError:
         return True
     except OSError:  # alive, owned by another user
-        return False
+        pass
     return False
 
 

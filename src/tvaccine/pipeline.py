@@ -433,7 +433,8 @@ def run_eval(config: dict, root: Path, adapters: list[str], label: str, model: s
                                                            "xstest_prompts")))
     folder = root / "stages" / f"eval-{label}-{key}"
     results_path = folder / "results.json"
-    def work() -> None:
+
+    def work() -> None:  # results.json is the stage's output; stage.json keeps only the measurement
         evaluate(settings, folder)
 
     compute_stage(folder, results_path.is_file, work, timing)
