@@ -141,6 +141,37 @@ def test_sweep_shares_alignment_and_report_renders(tiny_model_dir, pack, tmp_pat
     assert "tvaccine_layers.png" in md and "| tvaccine | 0.25 |" in md
 
 
+def test_a_sweep_rerun_with_changed_settings_recomputes_its_cells(tiny_model_dir, pack, tmp_path, capsys):
+    """A cell counts as finished only for the settings and data it was computed from: a quick demo followed by a
+    full one in the same folder once showed the quick run's table as the full run's."""
+    import csv
+
+    base = run_config(tiny_model_dir, pack, tmp_path / "sweep")
+    base["eval"]["before_attack"] = False
+    base["eval"]["harmful_prompts"] = str(tmp_path / "harmful.jsonl")  # a copy: this test edits it
+    Path(base["eval"]["harmful_prompts"]).write_text((pack / "eval_harmful.jsonl").read_text(encoding="utf-8"))
+    sweep = tmp_path / "sweep.yaml"
+
+    def run_with(limit: int) -> list[dict]:
+        base["eval"]["limit"] = limit
+        sweep.write_text(yaml.safe_dump({"base": base, "grid": {"method": ["sft"]}}))
+        capsys.readouterr()
+        assert main(["sweep", "--config", str(sweep)]) == 0
+        return list(csv.DictReader(open(tmp_path / "sweep" / "summary.csv")))
+
+    first = run_with(3)
+    assert first[0]["n_prompts"] == "3"
+    assert run_with(3) == first and "finished earlier" in capsys.readouterr().out
+    second = run_with(2)
+    assert "settings or data changed" in capsys.readouterr().out
+    assert second[0]["n_prompts"] == "2"
+    assert (second[0]["align_dir"], second[0]["attack_dir"]) == (first[0]["align_dir"], first[0]["attack_dir"])
+    prompts = Path(base["eval"]["harmful_prompts"])
+    prompts.write_text(prompts.read_text(encoding="utf-8") + prompts.read_text(encoding="utf-8").splitlines()[0] + "\n")
+    run_with(2)  # same settings, other data
+    assert "settings or data changed" in capsys.readouterr().out
+
+
 def test_bad_run_configs_are_named(tmp_path, tiny_model_dir):
     from tvaccine.errors import UserError
     from tvaccine.pipeline import expand_sweep, load_run_config
