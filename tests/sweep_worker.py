@@ -10,7 +10,8 @@ import os
 import sys
 import time
 
-from tvaccine import align, attack
+from tvaccine.align import run as align
+from tvaccine.attack import run as attack
 from tvaccine.cli import main
 from tvaccine.evaluation import run as evaluation
 

@@ -7,7 +7,7 @@ import json
 import pytest
 import torch
 
-from tvaccine.attack import AttackConfig, attack, load_attacked
+from tvaccine.attack import AttackConfig, AttackData, attack, load_attacked
 from tvaccine.cli import main
 from tvaccine.errors import UserError
 
@@ -72,7 +72,8 @@ def test_fresh_attack_changes_only_the_new_lora(tiny_model_dir, aligned, attack_
     base = tiny(tiny_model_dir).state_dict()
     assert not torch.equal(merged["model.layers.0.self_attn.q_proj.weight"],
                            base["model.layers.0.self_attn.q_proj.weight"])  # the aligned delta is real
-    run = attack(str(tiny_model_dir), tmp_path / "out", config(), aligned=str(aligned), data=attack_file,
+    run = attack(str(tiny_model_dir), tmp_path / "out", config(), aligned=str(aligned),
+                 data=AttackData(data=attack_file),
                  model_obj=tiny(tiny_model_dir), tokenizer=tokenizer)
     lora_b = 0
     for name, param in run.model.named_parameters():
@@ -96,7 +97,7 @@ def test_fresh_attack_changes_only_the_new_lora(tiny_model_dir, aligned, attack_
 
 def test_no_aligned_adapter_attacks_the_base(tiny_model_dir, attack_file, tokenizer, tmp_path):
     base = tiny(tiny_model_dir).state_dict()
-    run = attack(str(tiny_model_dir), tmp_path / "out", config(), aligned="none", data=attack_file,
+    run = attack(str(tiny_model_dir), tmp_path / "out", config(), aligned="none", data=AttackData(data=attack_file),
                  model_obj=tiny(tiny_model_dir), tokenizer=tokenizer)
     for name, param in run.model.named_parameters():
         if "lora_" not in name:
@@ -109,7 +110,7 @@ def test_continue_mode_trains_the_alignment_lora(tiny_model_dir, aligned, attack
     before = load_file(aligned / "adapter_model.safetensors")
     base = tiny(tiny_model_dir).state_dict()
     run = attack(str(tiny_model_dir), tmp_path / "out", config(mode="continue"), aligned=str(aligned),
-                 data=attack_file, model_obj=tiny(tiny_model_dir), tokenizer=tokenizer)
+                 data=AttackData(data=attack_file), model_obj=tiny(tiny_model_dir), tokenizer=tokenizer)
     after = load_file(tmp_path / "out" / "adapter_model.safetensors")
     assert after.keys() == before.keys()
     assert any(not torch.equal(after[k], before[k]) for k in before)
@@ -117,13 +118,13 @@ def test_continue_mode_trains_the_alignment_lora(tiny_model_dir, aligned, attack
         if "lora_" not in name:
             assert torch.equal(param, base[plain_name(name)]), name
     with pytest.raises(UserError, match="--mode continue: needs an aligned adapter"):
-        attack(str(tiny_model_dir), tmp_path / "x", config(mode="continue"), data=attack_file,
+        attack(str(tiny_model_dir), tmp_path / "x", config(mode="continue"), data=AttackData(data=attack_file),
                model_obj=tiny(tiny_model_dir), tokenizer=tokenizer)
 
 
 def test_full_mode_trains_every_weight_and_reloads(tiny_model_dir, attack_file, tokenizer, tmp_path):
     base = tiny(tiny_model_dir).state_dict()
-    run = attack(str(tiny_model_dir), tmp_path / "out", config(mode="full"), data=attack_file,
+    run = attack(str(tiny_model_dir), tmp_path / "out", config(mode="full"), data=AttackData(data=attack_file),
                  model_obj=tiny(tiny_model_dir), tokenizer=tokenizer)
     assert not torch.equal(run.model.state_dict()["model.layers.1.mlp.down_proj.weight"],
                            base["model.layers.1.mlp.down_proj.weight"])
@@ -165,7 +166,7 @@ def test_cli_builds_the_set_resumes_and_reports_errors(tiny_model_dir, tmp_path,
     assert json.loads((out / "train_results.json").read_text())["steps"] == 3
 
     assert main(argv[:-1] + ["--aligned", str(tmp_path / "missing"), "--output", str(tmp_path / "o2")]) == 2
-    assert "missing: not an adapter folder" in capsys.readouterr().err
+    assert "missing: not a LoRA adapter folder" in capsys.readouterr().err
     assert main(["attack", "--model", str(tiny_model_dir), "--output", str(tmp_path / "o3"), "--mode", "bad"]) == 2
     assert "mode: must be one of" in capsys.readouterr().err
     assert main(["attack", "--model", str(tiny_model_dir), "--output", str(tmp_path / "o4")]) == 2

@@ -384,7 +384,7 @@ RUN_CASES = [
                  "only 4", id="attack-not-enough-harmful"),
     pytest.param("path", ("set", "align.data", "{dir}/nope.jsonl"), "nope.jsonl: no such file",
                  id="align-data-missing"),
-    pytest.param("path", ("set", "align.adapter", "{dir}"), "not an adapter folder", id="adapter-not-adapter"),
+    pytest.param("path", ("set", "align.adapter", "{dir}"), "not a LoRA adapter folder", id="adapter-not-adapter"),
     pytest.param("path", ("set", "attack.harmful", "{dir}/in"), "in: is a folder, not a data file",
                  id="attack-harmful-folder"),
     pytest.param("path", ("set", "eval.benign_prompts", "{dir}/nope.json"), "nope.json: no such file",

@@ -9,7 +9,7 @@ from tvaccine.attack import AttackConfig
 from tvaccine.cli import main
 from tvaccine.data.tokenize import CausalCollator
 from tvaccine.errors import UserError
-from tvaccine.lisa import ALIGNMENT, FINETUNE, LisaTrainer, lisa_phase, proximal_term
+from tvaccine.attack.lisa import ALIGNMENT, FINETUNE, LisaTrainer, lisa_phase, proximal_term
 
 from conftest import tiny_llama, token_rows, with_lora, write_jsonl
 
@@ -192,7 +192,7 @@ def test_cli_attack_with_lisa(tiny_model_dir, align_files, tmp_path, capsys):
 
 
 def test_pipeline_hash_follows_defense_and_alignment_data(tmp_path, monkeypatch):
-    import tvaccine.attack
+    import tvaccine.attack.run
     from tvaccine.pipeline import run_attack
 
     calls = []
@@ -201,10 +201,10 @@ def test_pipeline_hash_follows_defense_and_alignment_data(tmp_path, monkeypatch)
         summary = {"steps": 1, "mode": "fresh", "defense": "none"}
 
     def fake_attack(model, folder, cfg, **kw):
-        calls.append((cfg.defense, kw["alignment_data"]))
+        calls.append((cfg.defense, kw["data"].alignment_data))
         return Run()
 
-    monkeypatch.setattr(tvaccine.attack, "attack", fake_attack)
+    monkeypatch.setattr(tvaccine.attack.run, "attack", fake_attack)
     a1 = write_jsonl(tmp_path / "a1.jsonl", [{"instruction": "x", "output": "no"}])
     a2 = write_jsonl(tmp_path / "a2.jsonl", [{"instruction": "y", "output": "no"}])
 

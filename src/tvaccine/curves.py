@@ -49,7 +49,7 @@ def _points(name: str, results: dict) -> list[tuple[int, str, dict]]:
 
 
 def curve_rows(cells: list[tuple[str, dict]]) -> list[dict]:
-    from tvaccine.pipeline import scores_row, summary_row
+    from tvaccine.pipeline.summary import scores_row, summary_row
 
     rows = []
     for name, results in cells:

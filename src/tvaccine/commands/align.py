@@ -48,10 +48,11 @@ def resolve_config(method: str, recipe: str | None, extra: list[str]):
 
 
 def run(args: argparse.Namespace, extra: list[str]) -> int:
-    from tvaccine.align import SETTINGS_FILE, align, is_finished
+    from tvaccine.align import align, is_finished
+    from tvaccine.outputs import ALIGN_SETTINGS
 
     config = resolve_config(args.method, args.config, extra)
-    done = before_training(args, is_finished(args.output), SETTINGS_FILE, "alignment")
+    done = before_training(args, is_finished(args.output), ALIGN_SETTINGS, "alignment")
     if done is not None:
         return done
     summary = align(args.method, args.model, args.data, args.output, config, harmful_data=args.harmful_data,

@@ -52,15 +52,17 @@ def resolve_config(recipe: str | None, extra: list[str]):
 
 
 def run(args: argparse.Namespace, extra: list[str]) -> int:
-    from tvaccine.attack import SETTINGS_FILE, attack, is_finished
+    from tvaccine.attack import AttackData, attack, is_finished
+    from tvaccine.outputs import ATTACK_SETTINGS
 
     config = resolve_config(args.config, extra)
-    done = before_training(args, is_finished(args.output), SETTINGS_FILE, "attack")
+    done = before_training(args, is_finished(args.output), ATTACK_SETTINGS, "attack")
     if done is not None:
         return done
-    s = attack(args.model, args.output, config, aligned=args.aligned, task=args.task, data=args.data,
-               harmful=args.harmful, task_data=args.task_data, dtype=args.dtype, disjoint_from=args.disjoint_from,
-               strict_disjoint=args.strict_disjoint, alignment_data=args.alignment_data).summary
+    data = AttackData(task=args.task, data=args.data, harmful=args.harmful, task_data=args.task_data,
+                      alignment_data=args.alignment_data, disjoint_from=list(args.disjoint_from),
+                      strict_disjoint=args.strict_disjoint)
+    s = attack(args.model, args.output, config, aligned=args.aligned, data=data, dtype=args.dtype).summary
     if config.should_save:  # the main process; in a distributed run it alone saved
         defense = "" if s["defense"] == "none" else f", defense {s['defense']}"
         print(f"attack ({s['mode']}{defense}): {s['steps']} steps, {s['s_per_step']:.2f} s/step, "

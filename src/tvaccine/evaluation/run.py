@@ -75,6 +75,12 @@ def check_settings(s: EvalSettings) -> None:
         resolve_model_path(s.beaver_dam)
 
 
+def check_inputs(s: EvalSettings) -> dict[str, list[dict]]:
+    """The settings, then every prompt set read in full (returned), before a model loads."""
+    check_settings(s)
+    return prompt_sets(s)
+
+
 def prompt_sets(s: EvalSettings) -> dict[str, list[dict]]:
     from tvaccine.evaluation.prompts import read_prompts, read_task
     from tvaccine.evaluation.scores import TASKS
@@ -108,8 +114,7 @@ def evaluate(s: EvalSettings, output: str | Path, progress: bool = True) -> dict
 
     start = time.perf_counter()
     out = Path(output)
-    check_settings(s)
-    sets = prompt_sets(s)  # read (and validate) every input before the slow part
+    sets = check_inputs(s)  # read (and validate) every input before the slow part
     model, tokenizer = load_for_generation(s.model, s.adapters, s.dtype)
     generations, gen_stats = {}, {}
     for name, rows in sets.items():

@@ -3,7 +3,7 @@
 from tvaccine.methods.ablations import (RandomVaccineConfig, RandomVaccineTrainer, TVaccineNoPerturbationConfig,
                                         TVaccineNoPerturbationTrainer, TVaccineTopKConfig, TVaccineUniformConfig)
 from tvaccine.methods.booster import BoosterConfig, BoosterTrainer
-from tvaccine.methods.config import AlignmentConfig
+from tvaccine.align.config import AlignmentConfig
 from tvaccine.methods.repnoise import RepNoiseConfig, RepNoiseTrainer
 from tvaccine.methods.sft import SFTConfig, SFTTrainer
 from tvaccine.methods.tar import TARConfig, TARTrainer

@@ -19,7 +19,7 @@ from transformers import Trainer
 
 from tvaccine.layers import find_decoder_layers
 from tvaccine.methods.auxiliary import MicroSteps
-from tvaccine.methods.config import AlignmentConfig
+from tvaccine.align.config import AlignmentConfig
 from tvaccine.methods.loss import TargetPositionsLoss
 from tvaccine.methods.tvaccine import TVaccineConfig, TVaccineTrainer
 from tvaccine.perturb import add_gaussian_to_outputs

@@ -31,7 +31,7 @@ from transformers import Trainer
 from tvaccine.errors import UserError
 from tvaccine.methods.auxiliary import (SeededBatches, accumulation_scale, gradient_term, load_state,
                                         refuse_sharded_weights, save_state)
-from tvaccine.methods.config import AlignmentConfig
+from tvaccine.align.config import AlignmentConfig
 from tvaccine.methods.loss import TargetPositionsLoss
 
 STATE_FILE = "booster_state.json"

@@ -58,7 +58,7 @@ from tvaccine.data.tokenize import IGNORE_INDEX, CausalCollator, encode_row
 from tvaccine.errors import UserError
 from tvaccine.layers import find_decoder_layers, unwrap
 from tvaccine.methods.auxiliary import refuse_sharded_weights
-from tvaccine.methods.config import AlignmentConfig
+from tvaccine.align.config import AlignmentConfig
 from tvaccine.methods.loss import TargetPositionsLoss
 from tvaccine.perturb import capture_outputs
 

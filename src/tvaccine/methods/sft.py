@@ -6,7 +6,7 @@ from dataclasses import dataclass
 
 from transformers import Trainer
 
-from tvaccine.methods.config import AlignmentConfig
+from tvaccine.align.config import AlignmentConfig
 from tvaccine.methods.loss import TargetPositionsLoss
 
 

@@ -45,7 +45,7 @@ from tvaccine.data.tokenize import IGNORE_INDEX
 from tvaccine.errors import UserError
 from tvaccine.layers import unwrap
 from tvaccine.methods.auxiliary import MicroSteps, accumulation_scale, gradient_term, refuse_sharded_weights
-from tvaccine.methods.config import AlignmentConfig
+from tvaccine.align.config import AlignmentConfig
 from tvaccine.methods.loss import TargetPositionsLoss
 
 TR_LOSSES = ("dpo", "entropy")

@@ -13,7 +13,7 @@ import torch
 from transformers import Trainer
 
 from tvaccine.layers import find_decoder_layers
-from tvaccine.methods.config import AlignmentConfig
+from tvaccine.align.config import AlignmentConfig
 from tvaccine.methods.loss import TargetPositionsLoss
 from tvaccine.perturb import add_to_outputs, capture_outputs, frozen, worst_case_perturbation
 

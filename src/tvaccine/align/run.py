@@ -1,4 +1,5 @@
-"""Run one alignment: model + LoRA, data, the method's Trainer; save adapter, settings, log and model card."""
+"""The alignment stage's entry point: model + LoRA, data, the method's Trainer; save adapter, settings, log and
+model card (file names in ``tvaccine.outputs``)."""
 
 from __future__ import annotations
 
@@ -9,15 +10,10 @@ from pathlib import Path
 from tvaccine import CITATION
 from tvaccine.errors import UserError
 from tvaccine.io import atomic_write_json, atomic_write_text, package_versions
+from tvaccine.outputs import ALIGN_SETTINGS, LOG_HISTORY, TRAIN_RESULTS, AlignedAdapter
 from tvaccine.training import mean_train_loss, save_trained, train_resumable
 
-ADAPTER_FILE = "adapter_model.safetensors"
-SETTINGS_FILE = "tvaccine_config.json"
-
-
-def is_finished(output: str | Path) -> bool:
-    output = Path(output)
-    return (output / ADAPTER_FILE).exists() and (output / SETTINGS_FILE).exists()
+is_finished = AlignedAdapter.is_finished
 
 
 @dataclass
@@ -49,6 +45,19 @@ class AlignmentData:
 
     def train_rows(self) -> list[dict]:
         return self.encode(self.records(), "alignment data", str(self.data))
+
+
+def check_inputs(config, method: str, data: str | None, harmful_data: str | None, read,
+                 where: str = "align") -> None:
+    """The alignment's inputs, before a model loads: ``read(ref, view)`` reads a data source (the pipeline's
+    pre-flight passes a cached one). Messages name the fields as ``where.data`` and ``where.harmful_data``."""
+    if not data:
+        raise UserError(f"{where}.data: {method} needs an alignment file")
+    read(data, "auto")
+    if config.needs_harmful_data():
+        if not harmful_data:
+            raise UserError(f"{where}.harmful_data: {method} needs a harmful file")
+        read(harmful_data, "auto")
 
 
 def trainer_inputs(trainer_cls, config, d: AlignmentData) -> dict:
@@ -110,10 +119,10 @@ def align(method: str, model: str, data: str, output: str, config, harmful_data:
                "train_rows": len(train_rows), "versions": package_versions()}
     if not is_main:  # in a distributed run the main process writes the outputs
         return summary
-    atomic_write_json(output / "log_history.json", trainer.state.log_history)
-    atomic_write_json(output / "train_results.json", summary)
+    atomic_write_json(output / LOG_HISTORY, trainer.state.log_history)
+    atomic_write_json(output / TRAIN_RESULTS, summary)
     atomic_write_text(output / "README.md", model_card(method, model, config))
-    atomic_write_json(output / SETTINGS_FILE, settings)  # written last: its presence marks a finished run
+    atomic_write_json(output / ALIGN_SETTINGS, settings)  # written last: its presence marks a finished run
     return summary
 
 

@@ -43,7 +43,7 @@ def proximal_term(params: list[torch.Tensor], anchor: list[torch.Tensor], rho: f
 
 class LisaTrainer(Trainer):
     """The attack's Trainer with Lisa's alternating states and proximal term; reads the ``lisa_*`` settings of
-    ``tvaccine.attack.AttackConfig``."""
+    ``tvaccine.attack.config.AttackConfig``."""
 
     def __init__(self, *args, alignment_dataset=None, **kwargs):
         super().__init__(*args, **kwargs)
