@@ -7,8 +7,7 @@ import json
 import pytest
 
 from tvaccine.cli import main
-from tvaccine.data.files import load_instruction_file
-from tvaccine.data.sources import load_source
+from tvaccine.data.sources import load_instruction_file, load_source
 from tvaccine.errors import UserError
 
 

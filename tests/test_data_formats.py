@@ -6,9 +6,8 @@ import json
 
 import pytest
 
-from tvaccine.data.files import load_instruction_file
 from tvaccine.data.formats import DECODING_TRUST_INSTRUCTION
-from tvaccine.data.sources import load_source
+from tvaccine.data.sources import load_instruction_file, load_source
 from tvaccine.data.tasks import GSM8K_QUESTION_SUFFIX, TASKS
 from tvaccine.data.template import format_prompt, strip_template
 from tvaccine.errors import UserError

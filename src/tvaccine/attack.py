@@ -86,7 +86,8 @@ def build_attack_rows(output: Path, config: AttackConfig, task: str | None, data
     ``encode(rows, where)``, if given, runs on the rows before anything is written, and its result is returned in
     place of the rows: a set that cannot be trained on (every answer cut off by max_length) leaves no file behind.
     """
-    from tvaccine.data.files import file_sha256, load_instruction_file
+    from tvaccine.data.files import file_sha256
+    from tvaccine.data.sources import load_instruction_file
 
     from tvaccine.data.overlap import check_disjoint, file_prompts, write_checked
     from tvaccine.data.sets import attack_set, manifest_path, manifest_summary
@@ -190,7 +191,8 @@ def attack(model: str, output: str | Path, config: AttackConfig, aligned: str | 
     """
     from transformers import Trainer
 
-    from tvaccine.data.files import file_sha256, load_instruction_file
+    from tvaccine.data.files import file_sha256
+    from tvaccine.data.sources import load_instruction_file
     from tvaccine.data.tokenize import CausalCollator, encode_for_training
     from tvaccine.models import load_model, load_tokenizer, model_skeleton, torch_dtype
 

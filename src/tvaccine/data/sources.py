@@ -155,3 +155,11 @@ def load_source(ref: str, view: str = "auto", split: str | None = None, refusal_
     viewed, counts = _apply_view(rows, view, refusal_seed)
     return Source(os.path.abspath(ref) if sha else ref, split, view, viewed, len(records), sha, fingerprint,
                   refusal_seed, counts)
+
+
+def load_instruction_file(path: str | os.PathLike) -> list[dict]:
+    """Any supported local file as ``{instruction, input, output}`` rows (see ``tvaccine.data.formats``).
+
+    Rows with a refusal (the BeaverTails and DecodingTrust refusal formats) give harmful prompt → refusal.
+    """
+    return [{k: r[k] for k in ("instruction", "input", "output")} for r in load_source(str(path)).rows]
