@@ -16,8 +16,8 @@ import os
 from pathlib import Path
 
 from tvaccine.data.files import read_records, text_field
+from tvaccine.data.tasks import TASKS, gsm8k_pair
 from tvaccine.errors import UserError
-from tvaccine.evaluation.scores import LABEL_WORDS
 
 BEAVERTAILS_HUB = "PKU-Alignment/BeaverTails"
 # XSTest v2 on the hub: one split 'test' of 450 rows with the columns of xstest_prompts.csv (prompt, type, label
@@ -26,7 +26,6 @@ BEAVERTAILS_HUB = "PKU-Alignment/BeaverTails"
 XSTEST_HUB = "walledai/XSTest"
 _XSTEST_COLUMNS = {"prompt", "type", "label", "focus"}  # the header that marks an XSTest CSV
 _XSTEST_LABELS = ("safe", "unsafe")
-GSM8K_QUESTION_SUFFIX = "\nFirst think step by step and then answer the final number.\n"
 _CSV_COLUMNS = ("forbidden_prompt", "goal", "prompt")
 _USER_ROLES = {"user", "human"}
 _ASSISTANT_ROLES = {"assistant", "gpt", "bot"}
@@ -49,17 +48,18 @@ def read_prompts(ref: str, limit: int | None = None) -> list[dict]:
 
 def read_task(task: str, ref: str, limit: int | None = None) -> list[dict]:
     """``[{id, instruction, input, label}]`` of a task file. SST-2/AG News: Alpaca rows or chat pairs whose answer
-    is the label word; GSM8K: ``question/answer`` (with ``####``) or Alpaca rows ending ``The final answer is: N``."""
+    is the label word; GSM8K: ``question/answer`` (with ``####``) or Alpaca rows whose output ends in the answer
+    phrase and the number (``tvaccine.data.tasks``)."""
     out = []
     for raw in read_records(ref):
         if task == "gsm8k" and "question" in raw:
-            row = {"instruction": text_field(raw, "question") + GSM8K_QUESTION_SUFFIX, "input": "",
-                   "label": text_field(raw, "answer").replace("####", "The final answer is: ")}
+            instruction, label = gsm8k_pair(text_field(raw, "question"), text_field(raw, "answer"))
+            row = {"instruction": instruction, "input": "", "label": label}
         else:
             row = {**_instruction(raw), "label": _answer(raw)}
         if task != "gsm8k":
             row["label"] = row["label"].strip()
-            allowed = LABEL_WORDS[task]
+            allowed = TASKS[task].labels
             if row["label"] not in allowed:
                 raise UserError(f"{raw['_where']}: answer {row['label'][:60]!r} is not a {task} label "
                                 f"({', '.join(allowed)})")
