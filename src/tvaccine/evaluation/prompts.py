@@ -16,6 +16,7 @@ import os
 from pathlib import Path
 
 from tvaccine.data.files import read_records, text_field
+from tvaccine.data.formats import ASSISTANT_ROLES, USER_ROLES, chat_pair
 from tvaccine.data.tasks import TASKS, gsm8k_pair
 from tvaccine.errors import UserError
 
@@ -27,8 +28,6 @@ XSTEST_HUB = "walledai/XSTest"
 _XSTEST_COLUMNS = {"prompt", "type", "label", "focus"}  # the header that marks an XSTest CSV
 _XSTEST_LABELS = ("safe", "unsafe")
 _CSV_COLUMNS = ("forbidden_prompt", "goal", "prompt")
-_USER_ROLES = {"user", "human"}
-_ASSISTANT_ROLES = {"assistant", "gpt", "bot"}
 
 
 def read_prompts(ref: str, limit: int | None = None) -> list[dict]:
@@ -127,20 +126,18 @@ def _csv_rows(path: Path) -> list[dict]:
     return rows
 
 
-def _turns(raw: dict) -> list[dict] | None:
-    for key in ("conversations", "messages"):
-        if isinstance(raw.get(key), list):
-            return raw[key]
-    return None
+def _chat_key(raw: dict) -> str | None:
+    return next((key for key in ("conversations", "messages") if isinstance(raw.get(key), list)), None)
 
 
-def _turn(raw: dict, roles: set[str]) -> str:
-    for turn in _turns(raw):
-        if isinstance(turn, dict) and str(turn.get("role", turn.get("from", ""))).lower() in roles:
-            text = turn.get("content", turn.get("value"))
-            if isinstance(text, str):
-                return text
-    raise UserError(f"{raw['_where']}: no {'/'.join(sorted(roles))} turn with text in the conversation")
+def _turn(raw: dict, assistant: bool) -> str:
+    """The user turn of a chat row, or the assistant turn that answers it."""
+    user, answer = chat_pair(raw, _chat_key(raw), strict=False)
+    if user is None:
+        raise UserError(f"{raw['_where']}: no {'/'.join(sorted(USER_ROLES))} turn with text in the conversation")
+    if assistant and answer is None:
+        raise UserError(f"{raw['_where']}: no {'/'.join(sorted(ASSISTANT_ROLES))} turn with text after the user turn")
+    return answer if assistant else user
 
 
 def _instruction(raw: dict) -> dict:
@@ -148,13 +145,13 @@ def _instruction(raw: dict) -> dict:
         return {"instruction": text_field(raw, "prompt"), "input": ""}
     if "instruction" in raw:
         return {"instruction": text_field(raw, "instruction"), "input": text_field(raw, "input", required=False)}
-    if _turns(raw) is not None:
-        return {"instruction": _turn(raw, _USER_ROLES), "input": ""}
+    if _chat_key(raw) is not None:
+        return {"instruction": _turn(raw, assistant=False), "input": ""}
     raise UserError(f"{raw['_where']}: no prompt (expected a field 'prompt', 'instruction', "
                     f"'conversations' or 'messages')")
 
 
 def _answer(raw: dict) -> str:
-    if _turns(raw) is not None:
-        return _turn(raw, _ASSISTANT_ROLES)
+    if _chat_key(raw) is not None:
+        return _turn(raw, assistant=True)
     return text_field(raw, "output")
