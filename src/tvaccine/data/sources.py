@@ -20,12 +20,12 @@ from dataclasses import dataclass, field
 from tvaccine.data.files import SUFFIXES, file_sha256, read_records
 from tvaccine.data.formats import normalize
 from tvaccine.data.refusals import write_refusal
-from tvaccine.data.tasks import get_task, hub_task
+from tvaccine.data.tasks import TASKS, get_task, hub_task
 from tvaccine.errors import UserError
 
 BEAVERTAILS = "PKU-Alignment/BeaverTails"
 _DEFAULT_SPLITS = {BEAVERTAILS.lower(): "30k_train"}
-VIEWS = ("auto", "harmful", "refusal", "benign", "task:sst2", "task:agnews", "task:gsm8k")
+VIEWS = ("auto", "harmful", "refusal", "benign", *(f"task:{name}" for name in TASKS))
 
 
 @dataclass

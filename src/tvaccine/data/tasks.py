@@ -184,8 +184,15 @@ TASKS: dict[str, Task] = {
 }
 
 
-def get_task(name: str) -> Task:
+def task_name(name: str) -> str:
+    """``name`` spelled as a key of TASKS (``ag_news``, ``AG-News`` -> ``agnews``); an unknown name comes back as it
+    is, for the caller (argparse's choices, ``get_task``) to reject."""
     key = name.lower().replace("_", "").replace("-", "")
+    return key if key in TASKS else name
+
+
+def get_task(name: str) -> Task:
+    key = task_name(name)
     if key not in TASKS:
         raise UserError(f"task: unknown task '{name}' (choose from {', '.join(TASKS)})")
     return TASKS[key]
