@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+import argparse
 import json
 
 import pytest
 
-from tvaccine.cli import main
-from tvaccine.data.files import load_instruction_file
-from tvaccine.data.sources import load_source
+from tvaccine.cli import build_parser, main
+from tvaccine.data.sources import load_instruction_file, load_source
+from tvaccine.data.tasks import TASKS
 from tvaccine.errors import UserError
 
 
@@ -95,3 +96,18 @@ def test_unknown_task_is_a_usage_error(capsys):
     with pytest.raises(SystemExit) as exc:
         main(["data", "build", "--task", "mnli", "--output", "x.jsonl"])
     assert exc.value.code == 2 and "invalid choice: 'mnli'" in capsys.readouterr().err
+
+
+
+def _subcommands(parser: argparse.ArgumentParser) -> dict:
+    return next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction)).choices
+
+
+def test_every_task_option_offers_the_tasks_of_the_task_module():
+    parser = build_parser()
+    commands, data = _subcommands(parser), _subcommands(_subcommands(parser)["data"])
+    for command in (commands["eval"], commands["attack"], data["build"], data["attack"]):
+        task = next(a for a in command._actions if "--task" in a.option_strings)
+        assert sorted(task.choices) == sorted(TASKS), command.prog
+    # eval has always taken the hub's spelling too
+    assert parser.parse_args(["eval", "--model", "m", "--output", "o", "--task", "ag_news"]).task == "agnews"

@@ -6,12 +6,12 @@ import json
 
 import pytest
 
-from tvaccine.data.files import load_instruction_file
-from tvaccine.data.formats import DECODING_TRUST_INSTRUCTION
-from tvaccine.data.sources import load_source
+from tvaccine.data.formats import ASSISTANT_ROLES, DECODING_TRUST_INSTRUCTION, USER_ROLES
+from tvaccine.data.sources import load_instruction_file, load_source
 from tvaccine.data.tasks import GSM8K_QUESTION_SUFFIX, TASKS
 from tvaccine.data.template import format_prompt, strip_template
 from tvaccine.errors import UserError
+from tvaccine.evaluation.prompts import read_prompts, read_task
 
 
 def write_json(path, rows):
@@ -62,6 +62,19 @@ def test_chat_messages_and_conversations(tmp_path):
     assert load_instruction_file(path) == [{"instruction": "Hi?", "input": "", "output": "Hello!"},
                                            {"instruction": "Q", "input": "", "output": "A"}]
 
+
+
+@pytest.mark.parametrize("user", sorted(USER_ROLES))
+@pytest.mark.parametrize("assistant", sorted(ASSISTANT_ROLES))
+def test_training_and_eval_readers_take_the_same_chat_pair(tmp_path, user, assistant):
+    # They used to differ: training took "model" but not "bot", evaluation the reverse, and only evaluation
+    # ignored case; evaluation also took an assistant turn that came before the prompt.
+    path = write_jsonl(tmp_path / "chat.jsonl", [{"messages": [
+        {"role": assistant, "content": "negative"}, {"role": user.upper(), "content": "Q"},
+        {"role": assistant.capitalize(), "content": "positive"}]}])
+    assert load_instruction_file(path) == [{"instruction": "Q", "input": "", "output": "positive"}]
+    assert read_prompts(path) == [{"id": 0, "instruction": "Q", "input": ""}]
+    assert read_task("sst2", path) == [{"id": 0, "instruction": "Q", "input": "", "label": "positive"}]
 
 def test_beavertails_rows_and_harmful_view_skips_safe(tmp_path):
     path = write_jsonl(tmp_path / "bt.jsonl", [

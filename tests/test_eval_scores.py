@@ -2,8 +2,9 @@ import math
 
 import pytest
 
+from tvaccine.data.tasks import extract_number, is_correct, is_correct_strict
 from tvaccine.evaluation.run import EvalSettings, score_sets
-from tvaccine.evaluation.scores import extract_number, is_correct, is_correct_strict, majority_baseline, rate
+from tvaccine.evaluation.scores import majority_baseline, rate
 
 
 @pytest.mark.parametrize("answer,label,published,strict", [

@@ -18,8 +18,7 @@ import re
 import pytest
 
 from fuzz_helpers import fails_cleanly, refuse_hub, refuse_model_loads
-from tvaccine.data.files import load_instruction_file
-from tvaccine.data.sources import load_source
+from tvaccine.data.sources import load_instruction_file, load_source
 from tvaccine.errors import UserError
 
 REFUSAL = "I'm sorry, but I can't help with that."

@@ -25,9 +25,9 @@ WORK = REPO / "runs" / "dtype_scores"
 
 def verdicts(folder: Path, settings: dict) -> dict[str, list[bool]]:
     """Per score, one verdict per prompt (in prompt-id order), read back from an evaluation folder."""
+    from tvaccine.data.tasks import is_correct
     from tvaccine.evaluation.refusal import is_refusal
     from tvaccine.evaluation.run import degenerate_reason_of
-    from tvaccine.evaluation.scores import is_correct
 
     def rows(name):
         path = folder / f"generations_{name}.jsonl"

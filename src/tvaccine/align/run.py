@@ -28,12 +28,12 @@ class AlignmentData:
     harmful_limit: int | None = None
 
     def records(self) -> list[dict]:
-        from tvaccine.data.files import load_instruction_file
+        from tvaccine.data.sources import load_instruction_file
 
         return load_instruction_file(self.data)
 
     def harmful_records(self) -> list[dict]:
-        from tvaccine.data.files import load_instruction_file
+        from tvaccine.data.sources import load_instruction_file
 
         return load_instruction_file(self.harmful_data)[: self.harmful_limit]
 

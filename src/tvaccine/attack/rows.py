@@ -37,11 +37,11 @@ def build_attack_rows(output: Path, config, data: AttackData, aligned: str | Non
     ``encode(rows, where)`` runs on the rows before anything is written, and its result is returned in place of the
     rows: a set that cannot be trained on (every answer cut off by max_length) leaves no file behind.
     """
-    from tvaccine.data.files import file_sha256, load_instruction_file
+    from tvaccine.data.files import file_sha256
     from tvaccine.data.overlap import check_disjoint, file_prompts, write_checked
     from tvaccine.data.sets import attack_set, manifest_path, manifest_summary
-    from tvaccine.data.sources import load_source
-    from tvaccine.data.tasks import get_task
+    from tvaccine.data.sources import load_instruction_file, load_source
+    from tvaccine.data.tasks import TASKS, get_task
 
     recorded = AlignedAdapter.read_if_recorded(aligned)
     others = list(data.disjoint_from) + (recorded.data_files() if recorded else [])
@@ -55,7 +55,7 @@ def build_attack_rows(output: Path, config, data: AttackData, aligned: str | Non
             info["manifest"] = str(manifest_path(data.data))
         return rows, info
     if data.task is None:
-        raise UserError("--task: name the task (sst2, agnews, gsm8k) or pass a ready attack set with --data")
+        raise UserError(f"--task: name the task ({', '.join(TASKS)}) or pass a ready attack set with --data")
 
     spec = get_task(data.task)
     dataset = attack_set(load_source(data.harmful or BEAVERTAILS_TRAIN, "harmful"),

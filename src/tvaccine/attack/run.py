@@ -64,14 +64,14 @@ def check_inputs(config: AttackConfig, data: AttackData, read, aligned: bool, wh
     as ``where.task`` etc."""
     from tvaccine.attack.rows import BEAVERTAILS_TRAIN
     from tvaccine.data.sets import attack_set
-    from tvaccine.data.tasks import get_task
+    from tvaccine.data.tasks import TASKS, get_task
 
     if config.mode == "continue" and not aligned:
         raise UserError(f"{where}.settings.mode continue needs an alignment (align.method or align.adapter)")
     if data.data:
         read(data.data, "auto")
     elif not data.task:
-        raise UserError(f"{where}.task: name the task (sst2, agnews, gsm8k) or give {where}.data")
+        raise UserError(f"{where}.task: name the task ({', '.join(TASKS)}) or give {where}.data")
     else:
         task = get_task(data.task)
         attack_set(read(data.harmful or BEAVERTAILS_TRAIN, "harmful"),
@@ -153,7 +153,7 @@ def _alignment_rows(config: AttackConfig, data: AttackData, encode) -> list[dict
     """Lisa's alignment rows, encoded; None without a defense."""
     if config.defense != "lisa":
         return None
-    from tvaccine.data.files import load_instruction_file
+    from tvaccine.data.sources import load_instruction_file
 
     return encode(load_instruction_file(data.alignment_data), data.alignment_data, "alignment data").rows
 

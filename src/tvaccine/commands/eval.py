@@ -10,6 +10,8 @@ def _csv(value: str) -> list[str]:
 
 
 def register(sub) -> None:
+    from tvaccine.data.tasks import TASKS, task_name
+
     p = sub.add_parser(
         "eval", help="harmful score, over-refusal and fine-tuning accuracy of a model (+ adapters)",
         description="Generate greedy answers in the Alpaca template and score them as published (docs/design.md §3). "
@@ -20,7 +22,7 @@ def register(sub) -> None:
     p.add_argument("--model", required=True, help="hub id, local folder, or smollm2-135m (embedded, offline)")
     p.add_argument("--adapters", type=_csv, default=[], help="LoRA adapter folders, comma-separated, merged in order")
     p.add_argument("--harmful-prompts", help="prompt file (JSON/JSONL/CSV) or PKU-Alignment/BeaverTails (hub)")
-    p.add_argument("--task", choices=["sst2", "agnews", "ag_news", "gsm8k"], help="fine-tuning task for FA")
+    p.add_argument("--task", type=task_name, choices=sorted(TASKS), help="fine-tuning task for FA")
     p.add_argument("--task-data", help="task evaluation file (e.g. sst2/val.json, ag_news/test.json, gsm8k/test.json)")
     p.add_argument("--benign-prompts", help="benign prompt file for over-refusal (e.g. alpaca_eval.json)")
     p.add_argument("--xstest-prompts", help="XSTest's xstest_prompts.csv or walledai/XSTest (hub): over-refusal on "
@@ -54,7 +56,7 @@ def run(args: argparse.Namespace, extra: list[str]) -> int:
             raise UserError(f"--{flag.replace('_', '-')}: must be at least 1, got {value}")
     settings = EvalSettings(
         model=args.model, adapters=args.adapters, harmful_prompts=args.harmful_prompts,
-        task="agnews" if args.task == "ag_news" else args.task, task_data=args.task_data,
+        task=args.task, task_data=args.task_data,
         benign_prompts=args.benign_prompts, xstest_prompts=args.xstest_prompts,
         stop_at_template=args.stop_at_template, judges=args.judge, classifier=args.classifier,
         beaver_dam=args.beaver_dam, limit=args.limit, max_new_tokens=args.max_new_tokens,

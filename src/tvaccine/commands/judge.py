@@ -44,7 +44,7 @@ def _labelled(path: str) -> list[dict]:
 
 
 def run(args: argparse.Namespace, extra: list[str]) -> int:
-    from tvaccine.data.files import load_instruction_file
+    from tvaccine.data.sources import load_instruction_file
     from tvaccine.errors import UserError
     from tvaccine.evaluation.classifier import build_rows, train_classifier
     from tvaccine.evaluation.judges import default_classifier_dir

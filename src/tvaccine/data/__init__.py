@@ -1,7 +1,6 @@
 """Data: sources and their formats, templates, tokenization, and the sets of the threat model."""
 
-from tvaccine.data.files import load_instruction_file
-from tvaccine.data.sources import load_source
+from tvaccine.data.sources import load_instruction_file, load_source
 from tvaccine.data.template import format_prompt
 from tvaccine.data.tokenize import CausalCollator, encode_rows
 

@@ -147,15 +147,6 @@ def read_records(path: str | Path) -> list[dict]:
     return rows
 
 
-def load_instruction_file(path: str | Path) -> list[dict]:
-    """Any supported local file as ``{instruction, input, output}`` rows (see ``tvaccine.data.formats``).
-
-    Rows with a refusal (the BeaverTails and DecodingTrust refusal formats) give harmful prompt → refusal.
-    """
-    from tvaccine.data.sources import load_source
-
-    return [{k: r[k] for k in ("instruction", "input", "output")} for r in load_source(str(path)).rows]
-
 def text_field(raw: dict, name: str, required: bool = True) -> str:
     value = raw.get(name)
     if value is None:

@@ -10,7 +10,7 @@ text, if it has one. The format is told by the fields a record has:
 | ``refusal`` (+ prompt/response/is_safe) | BeaverTails with refusals (``Question: …\\nAnswer: <refusal>``) |
 | ``prompt`` {text} + ``continuation`` {text} | DecodingTrust toxicity (``type`` toxic/toxic_test/non_toxic) |
 | ``prompt`` + ``response`` | BeaverTails (``is_safe``, ``category``) |
-| ``messages`` or ``conversations`` | chat: first user turn → next assistant turn (role/content or from/value) |
+| ``messages`` or ``conversations`` | chat: first user turn → next assistant turn (``chat_pair``) |
 | ``question`` + ``answer`` | GSM8K |
 | ``sentence`` + ``label`` / ``text`` + ``label`` | SST-2 / AG News hub rows |
 | ``goal`` + ``target`` | AdvBench (harmful) |
@@ -26,9 +26,36 @@ from tvaccine.errors import UserError
 
 # The authors' instruction for DecodingTrust rows: the prompt goes in ``input``, the continuation is the answer.
 DECODING_TRUST_INSTRUCTION = "You are required to continue the generation of the given incomplete prompt"
-_USER_ROLES, _ASSISTANT_ROLES = {"user", "human"}, {"assistant", "gpt", "model"}
+# The chat role names read (any case): role/content rows (OpenAI and HF: user/assistant; Gemma: model), ShareGPT's
+# from/value rows (human/gpt), and "bot". Every chat reader goes through chat_pair, so they all accept the same rows.
+USER_ROLES = frozenset({"user", "human"})
+ASSISTANT_ROLES = frozenset({"assistant", "gpt", "model", "bot"})
 
 
+def chat_pair(raw: dict, key: str, strict: bool) -> tuple[str | None, str | None]:
+    """The text of the first user turn of ``raw[key]`` and of the first assistant turn after it (None if missing).
+
+    A turn is ``{role, content}`` or ShareGPT's ``{from, value}``. A turn that is not an object with a role and a
+    string content is an error naming it when ``strict`` (training data: skipping it would change what is learned),
+    and is passed over otherwise (prompt files, whose tool calls or empty contents do not matter to the prompt).
+    """
+    user = None
+    for i, turn in enumerate(raw[key]):
+        role = content = None
+        if isinstance(turn, dict):
+            role, content = turn.get("role", turn.get("from")), turn.get("content", turn.get("value"))
+        elif strict:
+            raise UserError(f"{raw['_where']}: field '{key}[{i}]' must be an object with role and content")
+        if role is None or not isinstance(content, str):
+            if strict:
+                raise UserError(f"{raw['_where']}: field '{key}[{i}]' needs 'role' and a string 'content'")
+            continue
+        role = str(role).lower()
+        if role in USER_ROLES and user is None:
+            user = content
+        elif role in ASSISTANT_ROLES and user is not None:
+            return user, content
+    return user, None
 
 
 def _nested_text(raw: dict, name: str) -> str:
@@ -87,22 +114,9 @@ def _decoding_trust(raw: dict) -> dict:
 
 def _chat(raw: dict) -> dict:
     key = "messages" if "messages" in raw else "conversations"
-    turns = raw[key]
-    if not isinstance(turns, list):
+    if not isinstance(raw[key], list):
         raise UserError(f"{raw['_where']}: field '{key}' must be a list of turns")
-    user = assistant = None
-    for i, turn in enumerate(turns):
-        if not isinstance(turn, dict):
-            raise UserError(f"{raw['_where']}: field '{key}[{i}]' must be an object with role and content")
-        role = turn.get("role", turn.get("from"))
-        content = turn.get("content", turn.get("value"))
-        if role is None or not isinstance(content, str):
-            raise UserError(f"{raw['_where']}: field '{key}[{i}]' needs 'role' and a string 'content'")
-        if role in _USER_ROLES and user is None:
-            user = content
-        elif role in _ASSISTANT_ROLES and user is not None:
-            assistant = content
-            break
+    user, assistant = chat_pair(raw, key, strict=True)
     if user is None or assistant is None:
         raise UserError(f"{raw['_where']}: field '{key}' needs a user turn followed by an assistant turn")
     return _row(raw, user, "", assistant, None)

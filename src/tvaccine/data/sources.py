@@ -20,12 +20,12 @@ from dataclasses import dataclass, field
 from tvaccine.data.files import SUFFIXES, file_sha256, read_records
 from tvaccine.data.formats import normalize
 from tvaccine.data.refusals import write_refusal
-from tvaccine.data.tasks import get_task, hub_task
+from tvaccine.data.tasks import TASKS, get_task, hub_task
 from tvaccine.errors import UserError
 
 BEAVERTAILS = "PKU-Alignment/BeaverTails"
 _DEFAULT_SPLITS = {BEAVERTAILS.lower(): "30k_train"}
-VIEWS = ("auto", "harmful", "refusal", "benign", "task:sst2", "task:agnews", "task:gsm8k")
+VIEWS = ("auto", "harmful", "refusal", "benign", *(f"task:{name}" for name in TASKS))
 
 
 @dataclass
@@ -155,3 +155,11 @@ def load_source(ref: str, view: str = "auto", split: str | None = None, refusal_
     viewed, counts = _apply_view(rows, view, refusal_seed)
     return Source(os.path.abspath(ref) if sha else ref, split, view, viewed, len(records), sha, fingerprint,
                   refusal_seed, counts)
+
+
+def load_instruction_file(path: str | os.PathLike) -> list[dict]:
+    """Any supported local file as ``{instruction, input, output}`` rows (see ``tvaccine.data.formats``).
+
+    Rows with a refusal (the BeaverTails and DecodingTrust refusal formats) give harmful prompt → refusal.
+    """
+    return [{k: r[k] for k in ("instruction", "input", "output")} for r in load_source(str(path)).rows]

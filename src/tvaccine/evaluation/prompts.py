@@ -16,8 +16,9 @@ import os
 from pathlib import Path
 
 from tvaccine.data.files import read_records, text_field
+from tvaccine.data.formats import ASSISTANT_ROLES, USER_ROLES, chat_pair
+from tvaccine.data.tasks import TASKS, gsm8k_pair
 from tvaccine.errors import UserError
-from tvaccine.evaluation.scores import LABEL_WORDS
 
 BEAVERTAILS_HUB = "PKU-Alignment/BeaverTails"
 # XSTest v2 on the hub: one split 'test' of 450 rows with the columns of xstest_prompts.csv (prompt, type, label
@@ -26,10 +27,7 @@ BEAVERTAILS_HUB = "PKU-Alignment/BeaverTails"
 XSTEST_HUB = "walledai/XSTest"
 _XSTEST_COLUMNS = {"prompt", "type", "label", "focus"}  # the header that marks an XSTest CSV
 _XSTEST_LABELS = ("safe", "unsafe")
-GSM8K_QUESTION_SUFFIX = "\nFirst think step by step and then answer the final number.\n"
 _CSV_COLUMNS = ("forbidden_prompt", "goal", "prompt")
-_USER_ROLES = {"user", "human"}
-_ASSISTANT_ROLES = {"assistant", "gpt", "bot"}
 
 
 def read_prompts(ref: str, limit: int | None = None) -> list[dict]:
@@ -49,17 +47,18 @@ def read_prompts(ref: str, limit: int | None = None) -> list[dict]:
 
 def read_task(task: str, ref: str, limit: int | None = None) -> list[dict]:
     """``[{id, instruction, input, label}]`` of a task file. SST-2/AG News: Alpaca rows or chat pairs whose answer
-    is the label word; GSM8K: ``question/answer`` (with ``####``) or Alpaca rows ending ``The final answer is: N``."""
+    is the label word; GSM8K: ``question/answer`` (with ``####``) or Alpaca rows whose output ends in the answer
+    phrase and the number (``tvaccine.data.tasks``)."""
     out = []
     for raw in read_records(ref):
         if task == "gsm8k" and "question" in raw:
-            row = {"instruction": text_field(raw, "question") + GSM8K_QUESTION_SUFFIX, "input": "",
-                   "label": text_field(raw, "answer").replace("####", "The final answer is: ")}
+            instruction, label = gsm8k_pair(text_field(raw, "question"), text_field(raw, "answer"))
+            row = {"instruction": instruction, "input": "", "label": label}
         else:
             row = {**_instruction(raw), "label": _answer(raw)}
         if task != "gsm8k":
             row["label"] = row["label"].strip()
-            allowed = LABEL_WORDS[task]
+            allowed = TASKS[task].labels
             if row["label"] not in allowed:
                 raise UserError(f"{raw['_where']}: answer {row['label'][:60]!r} is not a {task} label "
                                 f"({', '.join(allowed)})")
@@ -127,20 +126,18 @@ def _csv_rows(path: Path) -> list[dict]:
     return rows
 
 
-def _turns(raw: dict) -> list[dict] | None:
-    for key in ("conversations", "messages"):
-        if isinstance(raw.get(key), list):
-            return raw[key]
-    return None
+def _chat_key(raw: dict) -> str | None:
+    return next((key for key in ("conversations", "messages") if isinstance(raw.get(key), list)), None)
 
 
-def _turn(raw: dict, roles: set[str]) -> str:
-    for turn in _turns(raw):
-        if isinstance(turn, dict) and str(turn.get("role", turn.get("from", ""))).lower() in roles:
-            text = turn.get("content", turn.get("value"))
-            if isinstance(text, str):
-                return text
-    raise UserError(f"{raw['_where']}: no {'/'.join(sorted(roles))} turn with text in the conversation")
+def _turn(raw: dict, assistant: bool) -> str:
+    """The user turn of a chat row, or the assistant turn that answers it."""
+    user, answer = chat_pair(raw, _chat_key(raw), strict=False)
+    if user is None:
+        raise UserError(f"{raw['_where']}: no {'/'.join(sorted(USER_ROLES))} turn with text in the conversation")
+    if assistant and answer is None:
+        raise UserError(f"{raw['_where']}: no {'/'.join(sorted(ASSISTANT_ROLES))} turn with text after the user turn")
+    return answer if assistant else user
 
 
 def _instruction(raw: dict) -> dict:
@@ -148,13 +145,13 @@ def _instruction(raw: dict) -> dict:
         return {"instruction": text_field(raw, "prompt"), "input": ""}
     if "instruction" in raw:
         return {"instruction": text_field(raw, "instruction"), "input": text_field(raw, "input", required=False)}
-    if _turns(raw) is not None:
-        return {"instruction": _turn(raw, _USER_ROLES), "input": ""}
+    if _chat_key(raw) is not None:
+        return {"instruction": _turn(raw, assistant=False), "input": ""}
     raise UserError(f"{raw['_where']}: no prompt (expected a field 'prompt', 'instruction', "
                     f"'conversations' or 'messages')")
 
 
 def _answer(raw: dict) -> str:
-    if _turns(raw) is not None:
-        return _turn(raw, _ASSISTANT_ROLES)
+    if _chat_key(raw) is not None:
+        return _turn(raw, assistant=True)
     return text_field(raw, "output")

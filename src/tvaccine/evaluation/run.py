@@ -82,8 +82,8 @@ def check_inputs(s: EvalSettings) -> dict[str, list[dict]]:
 
 
 def prompt_sets(s: EvalSettings) -> dict[str, list[dict]]:
+    from tvaccine.data.tasks import TASKS
     from tvaccine.evaluation.prompts import read_prompts, read_task
-    from tvaccine.evaluation.scores import TASKS
 
     sets = {}
     if s.harmful_prompts:
@@ -157,9 +157,10 @@ def degenerate_reason_of(row: dict) -> str | None:
 def score_sets(s: EvalSettings, sets: dict, generations: dict) -> tuple[dict, dict]:
     """Scores with intervals: HS per judge (degenerate answers left out of the harmful count), degenerate rates,
     over-refusal (benign and XSTest prompts), FA (published, strict, and the majority-label baseline)."""
+    from tvaccine.data.tasks import is_correct, is_correct_strict
     from tvaccine.evaluation.judges import make_judge
     from tvaccine.evaluation.refusal import is_refusal
-    from tvaccine.evaluation.scores import is_correct, is_correct_strict, majority_baseline, rate
+    from tvaccine.evaluation.scores import majority_baseline, rate
 
     common = {"max_new_tokens": s.max_new_tokens}
     scores, notes = {}, {}
