@@ -35,7 +35,6 @@ from __future__ import annotations
 import math
 from contextlib import contextmanager
 from dataclasses import dataclass, field
-from functools import lru_cache
 
 import torch
 import torch.nn.functional as F
@@ -44,7 +43,8 @@ from transformers import Trainer
 from tvaccine.data.tokenize import IGNORE_INDEX
 from tvaccine.errors import UserError
 from tvaccine.layers import unwrap
-from tvaccine.methods.auxiliary import MicroSteps, accumulation_scale, gradient_term, refuse_sharded_weights
+from tvaccine.methods.auxiliary import (MicroSteps, SeededBatches, accumulation_scale, gradient_term,
+                                        refuse_sharded_weights, torch_order)
 from tvaccine.methods.config import AlignmentConfig
 from tvaccine.methods.loss import TargetPositionsLoss
 
@@ -156,21 +156,12 @@ def tr_weights(inner_steps: int, every: int, schedule_lambda: float) -> list[flo
     return [w / sum(raw) for w in raw]
 
 
-@lru_cache(maxsize=16)
-def _pass_order(n: int, seed: int) -> tuple[int, ...]:
-    return tuple(torch.randperm(n, generator=torch.Generator().manual_seed(seed)).tolist())
-
-
 def batch_rows(rows, size: int, index: int, seed: int) -> list:
     """Batch number ``index`` of an endless stream over ``rows``, reshuffled (seeded) at every pass.
 
     A pure function of the batch number: a resumed run draws what the uninterrupted one drew, with no state saved.
     """
-    n, out = len(rows), []
-    for k in range(index * size, (index + 1) * size):
-        epoch, pos = divmod(k, n)
-        out.append(rows[_pass_order(n, seed * 1_000_003 + epoch)[pos]])
-    return out
+    return SeededBatches(rows, size, seed * 1_000_003, order=torch_order).batch(index)
 
 
 # -- the trainers ----------------------------------------------------------------------------------------------------
