@@ -8,6 +8,7 @@ import pytest
 import torch
 
 from tvaccine.methods.auxiliary import SeededBatches, torch_order
+from tvaccine.methods.loss import target_positions
 from tvaccine.methods.tar import batch_rows
 
 
@@ -106,3 +107,18 @@ def test_torch_order_has_one_stream_and_empty_rows_are_refused():
         SeededBatches([1, 2], 1, 0, stream=1, order=torch_order).next_rows()
     with pytest.raises(ValueError, match="at least one row"):
         SeededBatches([], 1, 0)
+
+
+def test_target_positions_feed_the_head_the_positions_before_each_target_only():
+    head = torch.nn.Linear(4, 6)
+    hidden = torch.randn(2, 5, 4)
+    labels = torch.tensor([[-100, -100, 3, 1, -100], [-100, 2, -100, -100, 5]])
+    with target_positions(head, labels) as (keep, targets):
+        logits = head(hidden)
+    want_positions = [(0, 1), (0, 2), (1, 0), (1, 3)]  # position t predicts label t + 1
+    assert keep.nonzero().tolist() == [list(p) for p in want_positions]
+    assert targets.tolist() == [3, 1, 2, 5]
+    torch.testing.assert_close(logits, head(torch.stack([hidden[b, t] for b, t in want_positions])))
+    with pytest.raises(RuntimeError), target_positions(head, labels):
+        raise RuntimeError
+    assert head(hidden).shape == (2, 5, 6)  # the hook is gone, also after an exception

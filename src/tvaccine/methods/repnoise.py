@@ -59,7 +59,7 @@ from tvaccine.errors import UserError
 from tvaccine.layers import find_decoder_layers, unwrap
 from tvaccine.methods.auxiliary import refuse_sharded_weights
 from tvaccine.methods.config import AlignmentConfig
-from tvaccine.methods.loss import TargetPositionsLoss
+from tvaccine.methods.loss import TargetPositionsLoss, target_positions
 from tvaccine.perturb import capture_outputs
 
 HARMFUL = "harmful_"  # prefix of the harmful half's keys in a batch
@@ -285,19 +285,11 @@ class RepNoiseTrainer(TargetPositionsLoss, Trainer):
 
     def harmful_terms(self, model, batch: dict) -> tuple[torch.Tensor, torch.Tensor]:
         """(MMD averaged over the layers, L_harm) on the harmful half of the batch."""
-        labels = batch["labels"]
-        targets = labels[:, 1:]
-        keep = F.pad(targets != IGNORE_INDEX, (0, 1), value=False)  # position t predicts token t + 1
-        y = targets[targets != IGNORE_INDEX]
         # lm_head sees the answer positions only: B×T×V logits are never formed
-        handle = self.head.register_forward_pre_hook(lambda module, args: (args[0][keep], *args[1:]))
-        try:
-            with capture_outputs(self.mlps) as mlp_out:
-                out = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"],
-                            output_hidden_states=True)
-        finally:
-            handle.remove()
-        answer = labels != IGNORE_INDEX
+        with target_positions(self.head, batch["labels"]) as (keep, y), capture_outputs(self.mlps) as mlp_out:
+            out = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"],
+                        output_hidden_states=True)
+        answer = batch["labels"] != IGNORE_INDEX
         noise = sum(noise_mmd(h, answer) for h in mlp_out) / len(mlp_out)
         # hidden_states: the embeddings, then each layer's output; the last is already normed (the model's logits)
         readouts = [F.cross_entropy(out.logits.float(), y)]

@@ -40,13 +40,12 @@ import torch
 import torch.nn.functional as F
 from transformers import Trainer
 
-from tvaccine.data.tokenize import IGNORE_INDEX
 from tvaccine.errors import UserError
 from tvaccine.layers import unwrap
 from tvaccine.methods.auxiliary import (MicroSteps, SeededBatches, accumulation_scale, gradient_term,
                                         refuse_sharded_weights, torch_order)
 from tvaccine.methods.config import AlignmentConfig
-from tvaccine.methods.loss import TargetPositionsLoss
+from tvaccine.methods.loss import TargetPositionsLoss, target_positions
 
 TR_LOSSES = ("dpo", "entropy")
 ADVERSARY_OPTIMIZERS = {"adamw": torch.optim.AdamW, "sgd": torch.optim.SGD}
@@ -116,17 +115,11 @@ def _as_floats(config, name: str) -> list[float]:
 def target_logits(model, batch: dict) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """(logits, targets, row) of the positions that predict an answer token, in float32.
 
-    Only those positions reach the output head (as in ``TargetPositionsLoss``), so no B×T×V tensor is built.
+    Only those positions reach the output head (``target_positions``), so no B×T×V tensor is built.
     """
-    targets = batch["labels"][:, 1:]
-    keep = F.pad(targets != IGNORE_INDEX, (0, 1), value=False)  # position t predicts token t + 1
-    head = unwrap(model).get_output_embeddings()
-    handle = head.register_forward_pre_hook(lambda module, args: (args[0][keep], *args[1:]))
-    try:
+    with target_positions(unwrap(model).get_output_embeddings(), batch["labels"]) as (keep, targets):
         logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
-    finally:
-        handle.remove()
-    return logits.float(), targets[targets != IGNORE_INDEX], keep.nonzero()[:, 0]
+    return logits.float(), targets, keep.nonzero()[:, 0]
 
 
 def neg_entropy_loss(model, batch: dict) -> torch.Tensor:
