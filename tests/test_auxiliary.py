@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 import torch
 
-from tvaccine.methods.auxiliary import SeededBatches, torch_order
+from tvaccine.methods.auxiliary import SeededBatches, StepMeans, torch_order
 from tvaccine.methods.loss import target_positions
 from tvaccine.methods.tar import batch_rows
 
@@ -122,3 +122,13 @@ def test_target_positions_feed_the_head_the_positions_before_each_target_only():
     with pytest.raises(RuntimeError), target_positions(head, labels):
         raise RuntimeError
     assert head(hidden).shape == (2, 5, 6)  # the hook is gone, also after an exception
+
+
+def test_step_means_average_each_metric_since_the_last_pop():
+    m = StepMeans()
+    m.add(a=0.1, b=torch.tensor(1.0))
+    m.add(a=0.2, b=torch.tensor(2.5))
+    assert m.pop() == {"a": (0.1 + 0.2) / 2, "b": 1.75}  # numbers in float64, tensors on their device
+    m.add(b=torch.tensor(4.0, requires_grad=True) * 1)
+    assert m.values["b"][0].grad_fn is None  # kept detached: no graph lives until the log
+    assert m.pop() == {"b": 4.0} and m.pop() == {}

@@ -5,6 +5,7 @@ share (T-Vaccine, TAR, Booster, Lisa, RandomVaccine).
   rows, TAR's adversary and x_tr rows) in a seeded order, reshuffled every pass; its whole state is (pass,
   position), saved with each checkpoint so a resumed run draws exactly the batches an uninterrupted one would have
   drawn, or (TAR) derived from the micro-step with nothing saved.
+- ``StepMeans``: per-step values of a trainer's own metrics (TAR, RepNoise, Booster), logged as their means.
 - ``gradient_term``: an extra gradient as a loss term of value zero.
 - ``accumulation_scale``: the factor an added loss term needs so that, summed over the micro-steps of one optimizer
   step, it counts once, whichever way the Trainer normalises its own loss.
@@ -17,6 +18,7 @@ from __future__ import annotations
 
 import json
 import os
+from collections import defaultdict
 from functools import lru_cache
 
 import numpy as np
@@ -91,6 +93,28 @@ class MicroSteps:
 
     def key(self, accumulation_steps: int) -> int:
         return self.step * max(accumulation_steps, 1) + self.micro
+
+
+class StepMeans:
+    """Named values recorded each step; ``pop()`` returns their means since the last pop (for ``Trainer.log``).
+
+    A number is averaged in Python (float64). A tensor is kept, detached, on its device and averaged there at the
+    pop (float32), so recording it costs no device synchronisation per step; callers pass ``.item()`` where the
+    float64 mean is wanted.
+    """
+
+    def __init__(self):
+        self.values: dict[str, list] = defaultdict(list)
+
+    def add(self, **values) -> None:
+        for name, v in values.items():
+            self.values[name].append(v.detach() if isinstance(v, torch.Tensor) else float(v))
+
+    def pop(self) -> dict[str, float]:
+        means = {name: torch.stack(v).float().mean().item() if isinstance(v[0], torch.Tensor) else sum(v) / len(v)
+                 for name, v in self.values.items()}
+        self.values.clear()
+        return means
 
 
 def gradient_term(params, grads, weight: float) -> torch.Tensor:

@@ -57,7 +57,7 @@ from transformers import Trainer
 from tvaccine.data.tokenize import IGNORE_INDEX, CausalCollator, encode_row
 from tvaccine.errors import UserError
 from tvaccine.layers import find_decoder_layers, unwrap
-from tvaccine.methods.auxiliary import refuse_sharded_weights
+from tvaccine.methods.auxiliary import StepMeans, refuse_sharded_weights
 from tvaccine.methods.config import AlignmentConfig
 from tvaccine.methods.loss import TargetPositionsLoss, target_positions
 from tvaccine.perturb import capture_outputs
@@ -257,7 +257,7 @@ class RepNoiseTrainer(TargetPositionsLoss, Trainer):
                 raise UserError(f"final_norm_path: no final norm beside {decoder.path} in {type(base).__name__}; "
                                 "name it with final_norm_path")
         self.head = base.get_output_embeddings()
-        self._terms: dict[str, list[float]] = defaultdict(list)
+        self.metrics = StepMeans()
 
     @classmethod
     def trainer_inputs(cls, config, data) -> dict:
@@ -279,8 +279,8 @@ class RepNoiseTrainer(TargetPositionsLoss, Trainer):
             return ce
         noise, harmful = self.harmful_terms(model, {k[len(HARMFUL):]: v for k, v in inputs.items()
                                                     if k.startswith(HARMFUL)})
-        for name, value in (("harmless_ce", ce), ("mmd", noise), ("harmful_loss", harmful)):
-            self._terms[name].append(value.item())
+        self.metrics.add(**{"repnoise/harmless_ce": ce.item(), "repnoise/mmd": noise.item(),
+                            "repnoise/harmful_loss": harmful.item()})
         return repnoise_loss(ce, noise, harmful, self.args.alpha, self.args.beta)
 
     def harmful_terms(self, model, batch: dict) -> tuple[torch.Tensor, torch.Tensor]:
@@ -305,7 +305,6 @@ class RepNoiseTrainer(TargetPositionsLoss, Trainer):
         return F.cross_entropy(self.head(self.final_norm(h)).float(), y)
 
     def log(self, logs: dict[str, float], start_time: float | None = None) -> None:
-        if "loss" in logs and self._terms:  # training logs: the mean of each term since the last log
-            logs.update({f"repnoise/{k}": sum(v) / len(v) for k, v in self._terms.items()})
-            self._terms.clear()
+        if "loss" in logs:  # training logs: the mean of each term since the last log
+            logs.update(self.metrics.pop())
         super().log(logs, start_time)

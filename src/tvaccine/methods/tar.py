@@ -42,7 +42,7 @@ from transformers import Trainer
 
 from tvaccine.errors import UserError
 from tvaccine.layers import unwrap
-from tvaccine.methods.auxiliary import (MicroSteps, SeededBatches, accumulation_scale, gradient_term,
+from tvaccine.methods.auxiliary import (MicroSteps, SeededBatches, StepMeans, accumulation_scale, gradient_term,
                                         refuse_sharded_weights, torch_order)
 from tvaccine.methods.config import AlignmentConfig
 from tvaccine.methods.loss import TargetPositionsLoss, target_positions
@@ -175,7 +175,7 @@ class MetaStepTrainer(TargetPositionsLoss, Trainer):
         self.harmful_dataset = harmful_dataset
         self._tr_term = None  # (params, g_TR, weight) while the outer pass runs
         self.micro_steps = MicroSteps()
-        self._stats: dict[str, list[float]] = {}
+        self.metrics = StepMeans()
 
     def tamper_resistance_gradient(self, model, inputs, params) -> list[torch.Tensor]:
         raise NotImplementedError
@@ -230,14 +230,8 @@ class MetaStepTrainer(TargetPositionsLoss, Trainer):
             for p, g in zip(params, outer_grads):
                 p.grad = g
 
-    def record(self, **values: float) -> None:
-        for k, v in values.items():
-            self._stats.setdefault(k, []).append(float(v))
-
     def log(self, logs: dict, *args, **kwargs) -> None:
-        for k, v in self._stats.items():
-            logs[k] = sum(v) / len(v)
-        self._stats = {}
+        logs.update(self.metrics.pop())  # every log, the final summary too
         super().log(logs, *args, **kwargs)
 
 
@@ -274,13 +268,13 @@ class TARTrainer(MetaStepTrainer):
                 adversary.step()
                 for p in params:
                     p.grad = None
-                self.record(**{"tar/adversary_loss": loss, "tar/adversary_lr": lr})
+                self.metrics.add(**{"tar/adversary_loss": loss.item(), "tar/adversary_lr": lr})
                 if w:
                     with self.compute_loss_context_manager():
                         tr = self.tamper_resistance_loss(model, x_tr)
                     for t, g in zip(total, torch.autograd.grad(tr, params, materialize_grads=True)):
                         t.add_(g, alpha=w)
-                    self.record(**{"tar/tr_loss": tr})
+                    self.metrics.add(**{"tar/tr_loss": tr.item()})
         return total
 
     def tr_batch(self, model, index: int) -> dict:
