@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 import torch
 
-from tvaccine.methods.auxiliary import SeededBatches, StepMeans, torch_order
+from tvaccine.methods.auxiliary import SeededBatches, SideTerm, StepMeans, torch_order
 from tvaccine.methods.loss import target_positions
 from tvaccine.methods.tar import batch_rows
 
@@ -132,3 +132,31 @@ def test_step_means_average_each_metric_since_the_last_pop():
     m.add(b=torch.tensor(4.0, requires_grad=True) * 1)
     assert m.values["b"][0].grad_fn is None  # kept detached: no graph lives until the log
     assert m.pop() == {"b": 4.0} and m.pop() == {}
+
+
+class _PlainLoss:
+    """What SideTerm needs of a Trainer: a loss and the attributes of its accumulation rule."""
+
+    loss_is_scaled_for_ga, model_accepts_loss_kwargs, compute_loss_func = None, True, None
+    current_gradient_accumulation_steps = 4
+
+    def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
+        return torch.tensor(2.0)
+
+
+class _WithSideTerm(SideTerm, _PlainLoss):
+    pass
+
+
+def test_side_term_changes_only_the_loss_inside_its_block():
+    t = _WithSideTerm()
+    with t.side_term(lambda loss, scale: loss + scale):
+        assert t.compute_loss(None, {}, num_items_in_batch=10).item() == 2.25  # loss normalised by 10: 1/4 per step
+        assert t.compute_loss(None, {}).item() == 3.0  # the Trainer divides by the accumulation steps itself
+        assert t.compute_loss(None, {}, return_outputs=True).item() == 2.0  # evaluation: the plain loss
+    assert t.compute_loss(None, {}).item() == 2.0
+    with pytest.raises(RuntimeError), t.side_term(lambda loss, scale: loss + 1):
+        raise RuntimeError
+    assert t.compute_loss(None, {}).item() == 2.0  # cleared after an exception too
+    with t.side_term(None):
+        assert t.compute_loss(None, {}).item() == 2.0

@@ -6,6 +6,8 @@ share (T-Vaccine, TAR, Booster, Lisa, RandomVaccine).
   position), saved with each checkpoint so a resumed run draws exactly the batches an uninterrupted one would have
   drawn, or (TAR) derived from the micro-step with nothing saved.
 - ``StepMeans``: per-step values of a trainer's own metrics (TAR, RepNoise, Booster), logged as their means.
+- ``SideTerm``: a term added to the loss of the Trainer's own pass (Booster's and TAR's extra gradients, Lisa's
+  proximal term).
 - ``gradient_term``: an extra gradient as a loss term of value zero.
 - ``accumulation_scale``: the factor an added loss term needs so that, summed over the micro-steps of one optimizer
   step, it counts once, whichever way the Trainer normalises its own loss.
@@ -19,6 +21,7 @@ from __future__ import annotations
 import json
 import os
 from collections import defaultdict
+from contextlib import contextmanager
 from functools import lru_cache
 
 import numpy as np
@@ -135,6 +138,32 @@ def accumulation_scale(trainer, num_items_in_batch) -> float:
         scaled = (trainer.model_accepts_loss_kwargs and num_items_in_batch is not None) \
             or trainer.compute_loss_func is not None
     return 1.0 / trainer.current_gradient_accumulation_steps if scaled else 1.0
+
+
+class SideTerm:
+    """Mixin for a ``transformers.Trainer`` subclass (list it before the Trainer): inside ``with
+    self.side_term(term)`` the loss of the Trainer's own pass becomes ``term(loss, accumulation_scale(...))``.
+
+    The term thus goes through the Trainer's backward (loss scaling, gradient accumulation, DDP averaging); the
+    method's own passes outside the block and evaluation (``return_outputs``) get the plain loss.
+    """
+
+    _side_term = None
+
+    @contextmanager
+    def side_term(self, term):
+        """``term``: (loss, scale) → the loss to train on; None adds nothing."""
+        self._side_term = term
+        try:
+            yield
+        finally:
+            self._side_term = None
+
+    def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
+        loss = super().compute_loss(model, inputs, return_outputs, num_items_in_batch)
+        if self._side_term is None or return_outputs:
+            return loss
+        return self._side_term(loss, accumulation_scale(self, num_items_in_batch))
 
 
 def save_state(trainer, output_dir: str, name: str, state: dict) -> None:

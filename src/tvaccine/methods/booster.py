@@ -29,7 +29,7 @@ import torch
 from transformers import Trainer
 
 from tvaccine.errors import UserError
-from tvaccine.methods.auxiliary import (SeededBatches, StepMeans, accumulation_scale, gradient_term, load_state,
+from tvaccine.methods.auxiliary import (SeededBatches, SideTerm, StepMeans, gradient_term, load_state,
                                         refuse_sharded_weights, save_state)
 from tvaccine.methods.config import AlignmentConfig
 from tvaccine.methods.loss import TargetPositionsLoss
@@ -92,7 +92,7 @@ def harmful_gradient_difference(harmful_loss, params: list[torch.Tensor], alpha:
     return diff, loss.detach(), loss_after.detach()
 
 
-class BoosterTrainer(TargetPositionsLoss, Trainer):
+class BoosterTrainer(SideTerm, TargetPositionsLoss, Trainer):
     def __init__(self, *args, harmful_dataset=None, **kwargs):
         super().__init__(*args, **kwargs)
         refuse_sharded_weights(self, "booster")
@@ -102,7 +102,6 @@ class BoosterTrainer(TargetPositionsLoss, Trainer):
         # stream: each rank draws its own harmful batches, as the authors' distributed sampler would
         self.harmful_batches = SeededBatches(harmful_dataset, a.harmful_batch_size or a.per_device_train_batch_size,
                                              a.seed, stream=a.process_index)
-        self._term = None  # (params, ∇h(w) − ∇h(w')) while the alignment pass runs
         self.metrics = StepMeans()
 
     def training_step(self, model, inputs, num_items_in_batch=None):
@@ -115,18 +114,9 @@ class BoosterTrainer(TargetPositionsLoss, Trainer):
                                                            self.args.alpha)
         # h(w) − h(w'): how much one normalised harmful step lowers the harmful loss; Booster drives it down
         self.metrics.add(**{"booster/harmful_loss": h, "booster/harmful_loss_drop": h - h_after})
-        self._term = (params, diff)
-        try:
+        # the alignment pass: f(w), with gradient ∇f(w) + λ·(∇h(w) − ∇h(w'))
+        with self.side_term(lambda loss, scale: loss + gradient_term(params, diff, self.args.lamb * scale)):
             return super().training_step(model, inputs, num_items_in_batch)
-        finally:
-            self._term = None
-
-    def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
-        out = super().compute_loss(model, inputs, return_outputs, num_items_in_batch)
-        if self._term is None or return_outputs:
-            return out
-        params, diff = self._term
-        return out + gradient_term(params, diff, self.args.lamb * accumulation_scale(self, num_items_in_batch))
 
     def log(self, logs: dict, *args, **kwargs) -> None:
         if "loss" in logs:  # training logs: the means since the last one

@@ -42,7 +42,7 @@ from transformers import Trainer
 
 from tvaccine.errors import UserError
 from tvaccine.layers import unwrap
-from tvaccine.methods.auxiliary import (MicroSteps, SeededBatches, StepMeans, accumulation_scale, gradient_term,
+from tvaccine.methods.auxiliary import (MicroSteps, SeededBatches, SideTerm, StepMeans, gradient_term,
                                         refuse_sharded_weights, torch_order)
 from tvaccine.methods.config import AlignmentConfig
 from tvaccine.methods.loss import TargetPositionsLoss, target_positions
@@ -159,7 +159,7 @@ def batch_rows(rows, size: int, index: int, seed: int) -> list:
 
 # -- the trainers ----------------------------------------------------------------------------------------------------
 
-class MetaStepTrainer(TargetPositionsLoss, Trainer):
+class MetaStepTrainer(SideTerm, TargetPositionsLoss, Trainer):
     """A simulated attack from a saved point, then one outer step on retain_weight·∇CE + tr_weight·g_TR.
 
     Subclasses define ``tamper_resistance_gradient(model, inputs, params)``, which runs inside
@@ -173,7 +173,6 @@ class MetaStepTrainer(TargetPositionsLoss, Trainer):
             raise UserError(f"{self.args.method}: the simulated attack needs harmful rows (harmful_dataset / "
                             "--harmful-data)")
         self.harmful_dataset = harmful_dataset
-        self._tr_term = None  # (params, g_TR, weight) while the outer pass runs
         self.micro_steps = MicroSteps()
         self.metrics = StepMeans()
 
@@ -185,19 +184,13 @@ class MetaStepTrainer(TargetPositionsLoss, Trainer):
         model.train()
         inputs = self._prepare_inputs(inputs)
         params = [p for p in model.parameters() if p.requires_grad]
-        grads = self.tamper_resistance_gradient(model, inputs, params)
-        self._tr_term = (params, grads, self.args.tr_weight * accumulation_scale(self, num_items_in_batch))
-        try:
-            return super().training_step(model, inputs, num_items_in_batch)
-        finally:
-            self._tr_term = None
+        grads, a = self.tamper_resistance_gradient(model, inputs, params), self.args
 
-    def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
-        loss = super().compute_loss(model, inputs, return_outputs, num_items_in_batch)
-        if self._tr_term is None or return_outputs:
-            return loss
-        # Logged value: the retain loss; gradient: retain_weight·∇CE + tr_weight·g_TR, through the Trainer's backward.
-        return self.args.retain_weight * loss + gradient_term(*self._tr_term)
+        def outer_loss(loss, scale):  # value: retain_weight·CE; gradient: retain_weight·∇CE + tr_weight·g_TR
+            return a.retain_weight * loss + gradient_term(params, grads, a.tr_weight * scale)
+
+        with self.side_term(outer_loss):
+            return super().training_step(model, inputs, num_items_in_batch)
 
     def micro_key(self) -> int:
         """A number unique to this micro-step (optimizer step, micro-step within it) for seeds and batch indices."""
