@@ -38,7 +38,8 @@ def numpy_order(n: int, seed: int, stream: int, epoch: int) -> tuple[int, ...]:
 def torch_order(n: int, seed: int, stream: int, epoch: int) -> tuple[int, ...]:
     """Pass ``epoch`` as ``torch.randperm`` seeded with seed + epoch orders it: T-Vaccine's probe and TAR's rows.
 
-    Kept beside ``numpy_order`` because either change would change which rows a run draws. One stream per seed.
+    Two orders, not one: moving either group of trainers to the other's would change which rows their runs draw.
+    One stream per seed.
     """
     if stream:
         raise ValueError("torch_order has no streams")
