@@ -24,7 +24,7 @@ import torch
 from transformers import Trainer
 
 from tvaccine.errors import UserError
-from tvaccine.methods.auxiliary import SeededBatches, accumulation_scale, load_state, save_state
+from tvaccine.methods.auxiliary import SeededBatches, SideTerm, load_state, save_state
 
 STATE_FILE = "lisa_state.json"
 ANCHOR_FILE = "lisa_anchor.safetensors"
@@ -41,7 +41,7 @@ def proximal_term(params: list[torch.Tensor], anchor: list[torch.Tensor], rho: f
     return rho / 2 * sum((p - a).pow(2).sum() for p, a in zip(params, anchor))
 
 
-class LisaTrainer(Trainer):
+class LisaTrainer(SideTerm, Trainer):
     """The attack's Trainer with Lisa's alternating states and proximal term; reads the ``lisa_*`` settings of
     ``tvaccine.attack.config.AttackConfig``."""
 
@@ -55,7 +55,6 @@ class LisaTrainer(Trainer):
         self._trainable = [(n, p) for n, p in self.model.named_parameters() if p.requires_grad]
         self.anchor: list[torch.Tensor] | None = None
         self.anchor_step = -1  # optimizer step at which the anchor was recorded
-        self._proximal = False  # on while a training step's loss is computed
 
     def phase(self, step: int) -> str:
         return lisa_phase(step, self.args.lisa_alignment_steps, self.args.lisa_finetune_steps)
@@ -74,18 +73,12 @@ class LisaTrainer(Trainer):
             inputs = self.data_collator(self.alignment_batches.next_rows())
             # the Trainer counted the user's tokens; this batch is another, so its loss is a plain mean
             num_items_in_batch = None
-        self._proximal = self.args.lisa_rho > 0 and step >= self.args.lisa_proximal_warmup * self.state.max_steps
-        try:
+        proximal = self.args.lisa_rho > 0 and step >= self.args.lisa_proximal_warmup * self.state.max_steps
+        with self.side_term(self._add_proximal_term if proximal else None):
             return super().training_step(model, inputs, num_items_in_batch)
-        finally:
-            self._proximal = False
 
-    def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
-        out = super().compute_loss(model, inputs, return_outputs, num_items_in_batch)
-        if not self._proximal or return_outputs:
-            return out
-        term = proximal_term([p for _, p in self._trainable], self.anchor, self.args.lisa_rho)
-        return out + accumulation_scale(self, num_items_in_batch) * term
+    def _add_proximal_term(self, loss, scale):
+        return loss + scale * proximal_term([p for _, p in self._trainable], self.anchor, self.args.lisa_rho)
 
     def _save_rng_state(self, output_dir: str) -> None:
         super()._save_rng_state(output_dir)

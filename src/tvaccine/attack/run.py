@@ -28,8 +28,8 @@ from tvaccine.attack.config import AttackConfig
 from tvaccine.attack.rows import AttackData, build_attack_rows
 from tvaccine.errors import UserError
 from tvaccine.io import atomic_write_json, package_versions
-from tvaccine.outputs import ATTACK_SETTINGS, LOG_HISTORY, TRAIN_RESULTS, AlignedAdapter, AttackOutput, \
-    check_adapter_folder
+from tvaccine.outputs import (ATTACK_SETTINGS, LOG_HISTORY, TRAIN_RESULTS, AlignedAdapter, AttackOutput,
+                              check_adapter_folder)
 from tvaccine.training import mean_train_loss, save_trained, train_resumable
 
 is_finished = AttackOutput.is_finished

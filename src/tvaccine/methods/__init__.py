@@ -1,9 +1,9 @@
 """Alignment methods: each a config dataclass (TrainingArguments + the paper's defaults) and a Trainer."""
 
+from tvaccine.align.config import AlignmentConfig
 from tvaccine.methods.ablations import (RandomVaccineConfig, RandomVaccineTrainer, TVaccineNoPerturbationConfig,
                                         TVaccineNoPerturbationTrainer, TVaccineTopKConfig, TVaccineUniformConfig)
 from tvaccine.methods.booster import BoosterConfig, BoosterTrainer
-from tvaccine.align.config import AlignmentConfig
 from tvaccine.methods.repnoise import RepNoiseConfig, RepNoiseTrainer
 from tvaccine.methods.sft import SFTConfig, SFTTrainer
 from tvaccine.methods.tar import TARConfig, TARTrainer

@@ -17,9 +17,9 @@ from dataclasses import dataclass, field
 import torch
 from transformers import Trainer
 
+from tvaccine.align.config import AlignmentConfig
 from tvaccine.layers import find_decoder_layers
 from tvaccine.methods.auxiliary import MicroSteps
-from tvaccine.align.config import AlignmentConfig
 from tvaccine.methods.loss import TargetPositionsLoss
 from tvaccine.methods.tvaccine import TVaccineConfig, TVaccineTrainer
 from tvaccine.perturb import add_gaussian_to_outputs

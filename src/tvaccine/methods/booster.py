@@ -28,10 +28,10 @@ from dataclasses import dataclass, field
 import torch
 from transformers import Trainer
 
-from tvaccine.errors import UserError
-from tvaccine.methods.auxiliary import (SeededBatches, accumulation_scale, gradient_term, load_state,
-                                        refuse_sharded_weights, save_state)
 from tvaccine.align.config import AlignmentConfig
+from tvaccine.errors import UserError
+from tvaccine.methods.auxiliary import (SeededBatches, SideTerm, StepMeans, gradient_term, load_state,
+                                        refuse_sharded_weights, save_state)
 from tvaccine.methods.loss import TargetPositionsLoss
 
 STATE_FILE = "booster_state.json"
@@ -92,7 +92,7 @@ def harmful_gradient_difference(harmful_loss, params: list[torch.Tensor], alpha:
     return diff, loss.detach(), loss_after.detach()
 
 
-class BoosterTrainer(TargetPositionsLoss, Trainer):
+class BoosterTrainer(SideTerm, TargetPositionsLoss, Trainer):
     def __init__(self, *args, harmful_dataset=None, **kwargs):
         super().__init__(*args, **kwargs)
         refuse_sharded_weights(self, "booster")
@@ -102,8 +102,7 @@ class BoosterTrainer(TargetPositionsLoss, Trainer):
         # stream: each rank draws its own harmful batches, as the authors' distributed sampler would
         self.harmful_batches = SeededBatches(harmful_dataset, a.harmful_batch_size or a.per_device_train_batch_size,
                                              a.seed, stream=a.process_index)
-        self._term = None  # (params, ∇h(w) − ∇h(w')) while the alignment pass runs
-        self._harmful_log: list[tuple[torch.Tensor, torch.Tensor]] = []
+        self.metrics = StepMeans()
 
     def training_step(self, model, inputs, num_items_in_batch=None):
         model.train()
@@ -113,26 +112,15 @@ class BoosterTrainer(TargetPositionsLoss, Trainer):
         with self.accelerator.no_sync(model), self.compute_loss_context_manager():
             diff, h, h_after = harmful_gradient_difference(lambda: self.compute_loss(model, harmful), params,
                                                            self.args.alpha)
-        self._harmful_log.append((h, h - h_after))
-        self._term = (params, diff)
-        try:
+        # h(w) − h(w'): how much one normalised harmful step lowers the harmful loss; Booster drives it down
+        self.metrics.add(**{"booster/harmful_loss": h, "booster/harmful_loss_drop": h - h_after})
+        # the alignment pass: f(w), with gradient ∇f(w) + λ·(∇h(w) − ∇h(w'))
+        with self.side_term(lambda loss, scale: loss + gradient_term(params, diff, self.args.lamb * scale)):
             return super().training_step(model, inputs, num_items_in_batch)
-        finally:
-            self._term = None
-
-    def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
-        out = super().compute_loss(model, inputs, return_outputs, num_items_in_batch)
-        if self._term is None or return_outputs:
-            return out
-        params, diff = self._term
-        return out + gradient_term(params, diff, self.args.lamb * accumulation_scale(self, num_items_in_batch))
 
     def log(self, logs: dict, *args, **kwargs) -> None:
-        if "loss" in logs and self._harmful_log:
-            h, drop = (torch.stack(x).float().mean().item() for x in zip(*self._harmful_log))
-            # h(w) − h(w'): how much one normalised harmful step lowers the harmful loss; Booster drives it down
-            logs = {**logs, "booster/harmful_loss": h, "booster/harmful_loss_drop": drop}
-            self._harmful_log.clear()
+        if "loss" in logs:  # training logs: the means since the last one
+            logs.update(self.metrics.pop())
         super().log(logs, *args, **kwargs)
 
     def _save_rng_state(self, output_dir: str) -> None:

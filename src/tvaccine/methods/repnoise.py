@@ -54,12 +54,12 @@ from torch import nn
 from torch.utils.checkpoint import checkpoint
 from transformers import Trainer
 
+from tvaccine.align.config import AlignmentConfig
 from tvaccine.data.tokenize import IGNORE_INDEX, CausalCollator, encode_row
 from tvaccine.errors import UserError
 from tvaccine.layers import find_decoder_layers, unwrap
-from tvaccine.methods.auxiliary import refuse_sharded_weights
-from tvaccine.align.config import AlignmentConfig
-from tvaccine.methods.loss import TargetPositionsLoss
+from tvaccine.methods.auxiliary import StepMeans, refuse_sharded_weights
+from tvaccine.methods.loss import TargetPositionsLoss, target_positions
 from tvaccine.perturb import capture_outputs
 
 HARMFUL = "harmful_"  # prefix of the harmful half's keys in a batch
@@ -257,7 +257,7 @@ class RepNoiseTrainer(TargetPositionsLoss, Trainer):
                 raise UserError(f"final_norm_path: no final norm beside {decoder.path} in {type(base).__name__}; "
                                 "name it with final_norm_path")
         self.head = base.get_output_embeddings()
-        self._terms: dict[str, list[float]] = defaultdict(list)
+        self.metrics = StepMeans()
 
     @classmethod
     def trainer_inputs(cls, config, data) -> dict:
@@ -279,25 +279,17 @@ class RepNoiseTrainer(TargetPositionsLoss, Trainer):
             return ce
         noise, harmful = self.harmful_terms(model, {k[len(HARMFUL):]: v for k, v in inputs.items()
                                                     if k.startswith(HARMFUL)})
-        for name, value in (("harmless_ce", ce), ("mmd", noise), ("harmful_loss", harmful)):
-            self._terms[name].append(value.item())
+        self.metrics.add(**{"repnoise/harmless_ce": ce.item(), "repnoise/mmd": noise.item(),
+                            "repnoise/harmful_loss": harmful.item()})
         return repnoise_loss(ce, noise, harmful, self.args.alpha, self.args.beta)
 
     def harmful_terms(self, model, batch: dict) -> tuple[torch.Tensor, torch.Tensor]:
         """(MMD averaged over the layers, L_harm) on the harmful half of the batch."""
-        labels = batch["labels"]
-        targets = labels[:, 1:]
-        keep = F.pad(targets != IGNORE_INDEX, (0, 1), value=False)  # position t predicts token t + 1
-        y = targets[targets != IGNORE_INDEX]
         # lm_head sees the answer positions only: B×T×V logits are never formed
-        handle = self.head.register_forward_pre_hook(lambda module, args: (args[0][keep], *args[1:]))
-        try:
-            with capture_outputs(self.mlps) as mlp_out:
-                out = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"],
-                            output_hidden_states=True)
-        finally:
-            handle.remove()
-        answer = labels != IGNORE_INDEX
+        with target_positions(self.head, batch["labels"]) as (keep, y), capture_outputs(self.mlps) as mlp_out:
+            out = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"],
+                        output_hidden_states=True)
+        answer = batch["labels"] != IGNORE_INDEX
         noise = sum(noise_mmd(h, answer) for h in mlp_out) / len(mlp_out)
         # hidden_states: the embeddings, then each layer's output; the last is already normed (the model's logits)
         readouts = [F.cross_entropy(out.logits.float(), y)]
@@ -313,7 +305,6 @@ class RepNoiseTrainer(TargetPositionsLoss, Trainer):
         return F.cross_entropy(self.head(self.final_norm(h)).float(), y)
 
     def log(self, logs: dict[str, float], start_time: float | None = None) -> None:
-        if "loss" in logs and self._terms:  # training logs: the mean of each term since the last log
-            logs.update({f"repnoise/{k}": sum(v) / len(v) for k, v in self._terms.items()})
-            self._terms.clear()
+        if "loss" in logs:  # training logs: the mean of each term since the last log
+            logs.update(self.metrics.pop())
         super().log(logs, start_time)

@@ -35,18 +35,17 @@ from __future__ import annotations
 import math
 from contextlib import contextmanager
 from dataclasses import dataclass, field
-from functools import lru_cache
 
 import torch
 import torch.nn.functional as F
 from transformers import Trainer
 
-from tvaccine.data.tokenize import IGNORE_INDEX
+from tvaccine.align.config import AlignmentConfig
 from tvaccine.errors import UserError
 from tvaccine.layers import unwrap
-from tvaccine.methods.auxiliary import MicroSteps, accumulation_scale, gradient_term, refuse_sharded_weights
-from tvaccine.align.config import AlignmentConfig
-from tvaccine.methods.loss import TargetPositionsLoss
+from tvaccine.methods.auxiliary import (MicroSteps, SeededBatches, SideTerm, StepMeans, gradient_term,
+                                        refuse_sharded_weights, torch_order)
+from tvaccine.methods.loss import TargetPositionsLoss, target_positions
 
 TR_LOSSES = ("dpo", "entropy")
 ADVERSARY_OPTIMIZERS = {"adamw": torch.optim.AdamW, "sgd": torch.optim.SGD}
@@ -116,17 +115,11 @@ def _as_floats(config, name: str) -> list[float]:
 def target_logits(model, batch: dict) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """(logits, targets, row) of the positions that predict an answer token, in float32.
 
-    Only those positions reach the output head (as in ``TargetPositionsLoss``), so no B×T×V tensor is built.
+    Only those positions reach the output head (``target_positions``), so no B×T×V tensor is built.
     """
-    targets = batch["labels"][:, 1:]
-    keep = F.pad(targets != IGNORE_INDEX, (0, 1), value=False)  # position t predicts token t + 1
-    head = unwrap(model).get_output_embeddings()
-    handle = head.register_forward_pre_hook(lambda module, args: (args[0][keep], *args[1:]))
-    try:
+    with target_positions(unwrap(model).get_output_embeddings(), batch["labels"]) as (keep, targets):
         logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
-    finally:
-        handle.remove()
-    return logits.float(), targets[targets != IGNORE_INDEX], keep.nonzero()[:, 0]
+    return logits.float(), targets, keep.nonzero()[:, 0]
 
 
 def neg_entropy_loss(model, batch: dict) -> torch.Tensor:
@@ -156,26 +149,17 @@ def tr_weights(inner_steps: int, every: int, schedule_lambda: float) -> list[flo
     return [w / sum(raw) for w in raw]
 
 
-@lru_cache(maxsize=16)
-def _pass_order(n: int, seed: int) -> tuple[int, ...]:
-    return tuple(torch.randperm(n, generator=torch.Generator().manual_seed(seed)).tolist())
-
-
 def batch_rows(rows, size: int, index: int, seed: int) -> list:
     """Batch number ``index`` of an endless stream over ``rows``, reshuffled (seeded) at every pass.
 
     A pure function of the batch number: a resumed run draws what the uninterrupted one drew, with no state saved.
     """
-    n, out = len(rows), []
-    for k in range(index * size, (index + 1) * size):
-        epoch, pos = divmod(k, n)
-        out.append(rows[_pass_order(n, seed * 1_000_003 + epoch)[pos]])
-    return out
+    return SeededBatches(rows, size, seed * 1_000_003, order=torch_order).batch(index)
 
 
 # -- the trainers ----------------------------------------------------------------------------------------------------
 
-class MetaStepTrainer(TargetPositionsLoss, Trainer):
+class MetaStepTrainer(SideTerm, TargetPositionsLoss, Trainer):
     """A simulated attack from a saved point, then one outer step on retain_weight·∇CE + tr_weight·g_TR.
 
     Subclasses define ``tamper_resistance_gradient(model, inputs, params)``, which runs inside
@@ -189,9 +173,8 @@ class MetaStepTrainer(TargetPositionsLoss, Trainer):
             raise UserError(f"{self.args.method}: the simulated attack needs harmful rows (harmful_dataset / "
                             "--harmful-data)")
         self.harmful_dataset = harmful_dataset
-        self._tr_term = None  # (params, g_TR, weight) while the outer pass runs
         self.micro_steps = MicroSteps()
-        self._stats: dict[str, list[float]] = {}
+        self.metrics = StepMeans()
 
     def tamper_resistance_gradient(self, model, inputs, params) -> list[torch.Tensor]:
         raise NotImplementedError
@@ -201,19 +184,13 @@ class MetaStepTrainer(TargetPositionsLoss, Trainer):
         model.train()
         inputs = self._prepare_inputs(inputs)
         params = [p for p in model.parameters() if p.requires_grad]
-        grads = self.tamper_resistance_gradient(model, inputs, params)
-        self._tr_term = (params, grads, self.args.tr_weight * accumulation_scale(self, num_items_in_batch))
-        try:
-            return super().training_step(model, inputs, num_items_in_batch)
-        finally:
-            self._tr_term = None
+        grads, a = self.tamper_resistance_gradient(model, inputs, params), self.args
 
-    def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
-        loss = super().compute_loss(model, inputs, return_outputs, num_items_in_batch)
-        if self._tr_term is None or return_outputs:
-            return loss
-        # Logged value: the retain loss; gradient: retain_weight·∇CE + tr_weight·g_TR, through the Trainer's backward.
-        return self.args.retain_weight * loss + gradient_term(*self._tr_term)
+        def outer_loss(loss, scale):  # value: retain_weight·CE; gradient: retain_weight·∇CE + tr_weight·g_TR
+            return a.retain_weight * loss + gradient_term(params, grads, a.tr_weight * scale)
+
+        with self.side_term(outer_loss):
+            return super().training_step(model, inputs, num_items_in_batch)
 
     def micro_key(self) -> int:
         """A number unique to this micro-step (optimizer step, micro-step within it) for seeds and batch indices."""
@@ -246,14 +223,8 @@ class MetaStepTrainer(TargetPositionsLoss, Trainer):
             for p, g in zip(params, outer_grads):
                 p.grad = g
 
-    def record(self, **values: float) -> None:
-        for k, v in values.items():
-            self._stats.setdefault(k, []).append(float(v))
-
     def log(self, logs: dict, *args, **kwargs) -> None:
-        for k, v in self._stats.items():
-            logs[k] = sum(v) / len(v)
-        self._stats = {}
+        logs.update(self.metrics.pop())  # every log, the final summary too
         super().log(logs, *args, **kwargs)
 
 
@@ -290,13 +261,13 @@ class TARTrainer(MetaStepTrainer):
                 adversary.step()
                 for p in params:
                     p.grad = None
-                self.record(**{"tar/adversary_loss": loss, "tar/adversary_lr": lr})
+                self.metrics.add(**{"tar/adversary_loss": loss.item(), "tar/adversary_lr": lr})
                 if w:
                     with self.compute_loss_context_manager():
                         tr = self.tamper_resistance_loss(model, x_tr)
                     for t, g in zip(total, torch.autograd.grad(tr, params, materialize_grads=True)):
                         t.add_(g, alpha=w)
-                    self.record(**{"tar/tr_loss": tr})
+                    self.metrics.add(**{"tar/tr_loss": tr.item()})
         return total
 
     def tr_batch(self, model, index: int) -> dict:

@@ -64,5 +64,5 @@ class TARTvaccineTrainer(MetaStepTrainer):
                     p.sub_(g, alpha=self.args.adversary_lr)
             with self.compute_loss_context_manager():
                 attacked = self.compute_loss(model, inputs)  # the refusal loss after the attack
-            self.record(**{"tar/adversary_loss": loss, "tar/tr_loss": attacked})
+            self.metrics.add(**{"tar/adversary_loss": loss.item(), "tar/tr_loss": attacked.item()})
             return list(torch.autograd.grad(attacked, params, materialize_grads=True))

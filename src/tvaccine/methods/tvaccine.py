@@ -19,7 +19,7 @@ import torch
 from tvaccine.errors import UserError
 from tvaccine.importance import grad_norms, importance_probs, sample_layers, top_layers
 from tvaccine.layers import unwrap
-from tvaccine.methods.auxiliary import load_state, save_state
+from tvaccine.methods.auxiliary import SeededBatches, load_state, save_state, torch_order
 from tvaccine.methods.vaccine import VaccineConfig, VaccineTrainer
 from tvaccine.perturb import capture_outputs, frozen
 
@@ -134,7 +134,9 @@ class TVaccineTrainer(VaccineTrainer):
         if a.layer_sampling != "uniform" and not harmful_dataset:
             raise UserError("T-Vaccine's layer importance needs a harmful probe set (harmful_dataset / "
                             "--harmful-data)")
-        self.probe_dataset = harmful_dataset
+        # The position in the probe stream is the schedule's (probe_epoch, probe_pos), saved with it.
+        self.probe_batches = SeededBatches(harmful_dataset, a.probe_batch_size, a.seed + 1, order=torch_order) \
+            if harmful_dataset else None
         self.schedule = LayerSchedule(torch.Generator().manual_seed(a.seed))
         # The names of the trainable (LoRA) parameters of each layer, split by whether they sit in the attention
         # sub-module. All of them require grad now, when the optimizer and a DDP/DeepSpeed/FSDP wrapper are built
@@ -240,15 +242,8 @@ class TVaccineTrainer(VaccineTrainer):
         return importance_probs(grad_norms(grads))
 
     def _next_probe_batch(self) -> dict:
-        s, size, k = self.schedule, len(self.probe_dataset), self.args.probe_batch_size
-        rows = []
-        while len(rows) < k:
-            if s.probe_pos >= size:
-                s.probe_epoch, s.probe_pos = s.probe_epoch + 1, 0
-            order = torch.randperm(size, generator=torch.Generator().manual_seed(self.args.seed + 1 + s.probe_epoch))
-            take = order[s.probe_pos : s.probe_pos + k - len(rows)].tolist()
-            rows += [self.probe_dataset[i] for i in take]
-            s.probe_pos += len(take)
+        s = self.schedule
+        rows, s.probe_epoch, s.probe_pos = self.probe_batches.rows_from(s.probe_epoch, s.probe_pos)
         return self.data_collator(rows)
 
     def _save_rng_state(self, output_dir: str) -> None:

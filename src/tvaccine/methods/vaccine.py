@@ -12,8 +12,8 @@ from dataclasses import dataclass, field
 import torch
 from transformers import Trainer
 
-from tvaccine.layers import find_decoder_layers
 from tvaccine.align.config import AlignmentConfig
+from tvaccine.layers import find_decoder_layers
 from tvaccine.methods.loss import TargetPositionsLoss
 from tvaccine.perturb import add_to_outputs, capture_outputs, frozen, worst_case_perturbation
 
