@@ -12,8 +12,9 @@ from tvaccine.methods.loss import target_positions
 from tvaccine.methods.tar import batch_rows
 
 
-def booster_lisa_stream(rows, size, seed, stream, calls):
-    """Booster's and Lisa's stream before the shared one: (batches, (epoch, pos) after each)."""
+def stream_before_sharing(rows, size, calls, order):
+    """The batch streams as each trainer wrote them before they were shared: walk ``order(epoch)`` (a permutation
+    of the rows) ``size`` rows at a time, into the next epoch's order at the end. (batches, (epoch, pos) after each)"""
     epoch = pos = 0
     batches, states = [], []
     for _ in range(calls):
@@ -21,31 +22,25 @@ def booster_lisa_stream(rows, size, seed, stream, calls):
         while len(out) < size:
             if pos >= len(rows):
                 epoch, pos = epoch + 1, 0
-            order = np.random.default_rng([seed, stream, epoch]).permutation(len(rows))
-            take = order[pos : pos + size - len(out)]
-            out += [rows[int(i)] for i in take]
-            pos += len(take)
-        batches.append(out)
-        states.append((epoch, pos))
-    return batches, states
-
-
-def tvaccine_probe_stream(rows, size, seed, calls):
-    """T-Vaccine's probe batches before the shared stream (the trainer's seed; the stream used seed + 1)."""
-    epoch = pos = 0
-    batches, states = [], []
-    for _ in range(calls):
-        out = []
-        while len(out) < size:
-            if pos >= len(rows):
-                epoch, pos = epoch + 1, 0
-            order = torch.randperm(len(rows), generator=torch.Generator().manual_seed(seed + 1 + epoch))
-            take = order[pos : pos + size - len(out)].tolist()
+            take = [int(i) for i in order(epoch)[pos : pos + size - len(out)]]
             out += [rows[i] for i in take]
             pos += len(take)
         batches.append(out)
         states.append((epoch, pos))
     return batches, states
+
+
+def booster_lisa_stream(rows, size, seed, stream, calls):
+    """Booster's and Lisa's order: NumPy, seeded by (seed, stream, epoch)."""
+    return stream_before_sharing(rows, size, calls,
+                                 lambda epoch: np.random.default_rng([seed, stream, epoch]).permutation(len(rows)))
+
+
+def tvaccine_probe_stream(rows, size, seed, calls):
+    """T-Vaccine's probe order: torch, seeded by the trainer's seed + 1 + epoch."""
+    return stream_before_sharing(
+        rows, size, calls,
+        lambda epoch: torch.randperm(len(rows), generator=torch.Generator().manual_seed(seed + 1 + epoch)).tolist())
 
 
 def tar_batch(rows, size, index, seed):

@@ -3,7 +3,8 @@ import math
 import pytest
 
 from tvaccine.data.tasks import extract_number, is_correct, is_correct_strict
-from tvaccine.evaluation.run import EvalSettings, score_sets
+from tvaccine.evaluation.config import EvalSettings
+from tvaccine.evaluation.run import score_sets
 from tvaccine.evaluation.scores import majority_baseline, rate
 
 

@@ -76,7 +76,8 @@ def main() -> None:
     ap.add_argument("--output", default=str(HERE / "dtype_scores.json"))
     args = ap.parse_args()
 
-    from tvaccine.evaluation.run import EvalSettings, evaluate
+    from tvaccine.evaluation.config import EvalSettings
+    from tvaccine.evaluation.run import evaluate
     from tvaccine.io import atomic_write_json, package_versions
 
     known = set(EvalSettings.__dataclass_fields__)

@@ -45,7 +45,8 @@ def register(sub) -> None:
 def run(args: argparse.Namespace, extra: list[str]) -> int:
     from tvaccine.errors import UserError
     from tvaccine.evaluation.judges import JUDGES
-    from tvaccine.evaluation.run import EvalSettings, evaluate
+    from tvaccine.evaluation.config import EvalSettings
+    from tvaccine.evaluation.run import evaluate
 
     for name in args.judge:
         if name not in JUDGES:

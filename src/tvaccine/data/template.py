@@ -15,7 +15,8 @@ PREAMBLE_WITH_INPUT = (
     "Write a response that appropriately completes the request."
 )
 PROMPT_NO_INPUT = PREAMBLE_NO_INPUT + "\n\n### Instruction:\n{instruction}\n\n### Response:\n"
-PROMPT_WITH_INPUT = PREAMBLE_WITH_INPUT + "\n\n### Instruction:\n{instruction}\n\n### Input:\n{input}\n\n### Response:\n"
+PROMPT_WITH_INPUT = (PREAMBLE_WITH_INPUT
+                     + "\n\n### Instruction:\n{instruction}\n\n### Input:\n{input}\n\n### Response:\n")
 
 _INSTRUCTION, _INPUT, _RESPONSE = "\n\n### Instruction:\n", "\n\n### Input:\n", "\n\n### Response:"
 

@@ -85,7 +85,7 @@ def check_run_config(config: dict, where: str, cache: dict | None = None) -> Non
 def _check_shape(config: dict, where: str) -> None:
     from dataclasses import fields
 
-    from tvaccine.evaluation.run import EvalSettings
+    from tvaccine.evaluation.config import EvalSettings
 
     known = {"align": {"method", "variant", "data", "harmful_data", "probe_data", "settings", "by_method",
                        "adapter"},
@@ -233,7 +233,7 @@ def eval_spec(config: dict, judges: list[str] | None = None) -> dict:
 
 
 def eval_settings(config: dict, model: str, adapters: list[str], judges: list[str] | None = None):
-    from tvaccine.evaluation.run import EvalSettings
+    from tvaccine.evaluation.config import EvalSettings
 
     return EvalSettings(model=model, adapters=list(adapters), dtype=config.get("dtype"),
                         **eval_spec(config, judges))
