@@ -39,6 +39,18 @@ def check_adapter_folder(folder: str | Path, what: str = "") -> None:
         raise UserError(f"{prefix}{folder}: not a LoRA adapter folder (no {ADAPTER_CONFIG})")
 
 
+def read_log_history(folder: str | Path) -> list[dict]:
+    """A training stage's Trainer log (every logged step), or [] where there is none (an adapter from elsewhere)."""
+    path = Path(folder) / LOG_HISTORY
+    return json.loads(path.read_text(encoding="utf-8")) if path.is_file() else []
+
+
+def read_train_results(folder: str | Path) -> dict | None:
+    """A training stage's summary (steps, loss, time), or None where there is none."""
+    path = Path(folder) / TRAIN_RESULTS
+    return json.loads(path.read_text(encoding="utf-8")) if path.is_file() else None
+
+
 def _read_settings(folder: Path, name: str, needed: tuple[str, ...], rerun: str) -> dict:
     path = folder / name
     try:

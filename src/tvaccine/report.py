@@ -9,11 +9,11 @@ from __future__ import annotations
 import base64
 import csv
 import html
-import json
 from pathlib import Path
 
 from tvaccine.errors import UserError
 from tvaccine.io import atomic_write_text
+from tvaccine.outputs import read_log_history, read_train_results
 
 TABLE_COLUMNS = ["variant", "poison_ratio", "attack_lr", "seed", "align_steps", "hs_keyword_before",
                  "over_refusal_before", "aligned", "hs_keyword", "hs_keyword_ci_low", "hs_keyword_ci_high",
@@ -156,10 +156,7 @@ def plot_curves(aggregate: list[dict], path: Path, judge: str = "keyword") -> Pa
 
 def layer_history(align_dir: Path) -> tuple[list[tuple[int, list[float]]], list[tuple[int, list[int]]]]:
     """(step, probabilities) and (step, active layers) from a T-Vaccine alignment's log history."""
-    path = align_dir / "log_history.json"
-    if not path.is_file():
-        return [], []
-    history = json.loads(path.read_text(encoding="utf-8"))
+    history = read_log_history(align_dir)
     probs = [(h["step"], h["tvaccine/layer_probs"]) for h in history if "tvaccine/layer_probs" in h]
     active = [(h["step"], h["tvaccine/active_layers"]) for h in history if "tvaccine/active_layers" in h]
     return probs, active
@@ -232,8 +229,7 @@ def build_report(folder: str | Path) -> tuple[Path, Path]:
         plots.append(("Harmful score and fine-tuning accuracy against the poison ratio", p))
     for r in rows:
         if r["method"] == "tvaccine" and r.get("align_dir"):
-            results = Path(r["align_dir"]) / "train_results.json"
-            steps = json.loads(results.read_text(encoding="utf-8"))["steps"] if results.is_file() else None
+            steps = (read_train_results(r["align_dir"]) or {}).get("steps")
             p = plot_layers(Path(r["align_dir"]), folder / "tvaccine_layers.png", steps)
             if p:
                 plots.append(("T-Vaccine: sampled layers over alignment steps and layer importance", p))

@@ -54,14 +54,14 @@ def load_for_generation(model: str, adapters: list[str] | tuple[str, ...] = (), 
     import torch
 
     from tvaccine.models import load_model, load_tokenizer, model_skeleton, torch_dtype
+    from tvaccine.outputs import check_adapter_folder
 
     skeleton = model_skeleton(model)  # a damaged config.json fails here, before the tokenizer and the weights load
     target = torch_dtype(dtype)
     tokenizer = load_tokenizer(model)
     tokenizer.padding_side = "left"
     for adapter in adapters:  # check every folder before the slow loads
-        if not (Path(adapter) / "adapter_config.json").is_file():
-            raise UserError(f"{adapter}: not a LoRA adapter folder (no adapter_config.json)")
+        check_adapter_folder(adapter)
     lm = load_model(model, dtype="float32" if adapters else dtype)
     if adapters:
         from tvaccine.lora import load_adapter
