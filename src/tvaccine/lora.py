@@ -65,7 +65,8 @@ class LoraTrainingConfig(TrainingArguments):
         self._check(self.hub_token is None, "hub_token",
                     "is not a setting; log in with `hf auth login` or set HF_TOKEN")
         self._check(not self.push_to_hub, "push_to_hub",
-                    "is not supported; the adapter is written to --output (upload it with `hf upload`)")
+                    "is not a setting: pass --push-to-hub REPO to `tvaccine align` or `tvaccine attack`, which "
+                    "uploads the finished folder with its model card")
         from transformers.integrations.integration_utils import (INTEGRATION_TO_CALLBACK,
                                                                  get_available_reporting_integrations)
 
@@ -83,6 +84,12 @@ class LoraTrainingConfig(TrainingArguments):
     def check_model(self, model):
         """Check the settings against the model's structure (a meta-device skeleton will do), before a slow load."""
         resolve_targets(model, self.lora_target_modules)
+
+    def card_settings(self) -> dict:
+        """The settings a model card lists: the optimiser's and every field this project adds."""
+        core = ("learning_rate", "num_train_epochs", "max_steps", "per_device_train_batch_size",
+                "gradient_accumulation_steps", "weight_decay", "lr_scheduler_type", "warmup_steps", "seed")
+        return {k: getattr(self, k) for k in (*core, *type(self).own_fields())}
 
     @classmethod
     def own_fields(cls) -> list[str]:

@@ -51,6 +51,35 @@ def read_train_results(folder: str | Path) -> dict | None:
     return json.loads(path.read_text(encoding="utf-8")) if path.is_file() else None
 
 
+def render_model_card(base_model: str, tags: list[str], title: str, text: str, settings: dict,
+                      library: str = "peft") -> str:
+    """A stage folder's README.md: the hub's front matter, what the folder is, its settings, the citation."""
+    from tvaccine import CITATION
+
+    lines = "\n".join(f"| `{k}` | `{v}` |" for k, v in settings.items())
+    return f"""---
+library_name: {library}
+base_model: {base_model}
+tags: [{", ".join(tags)}]
+---
+# {title}
+
+{text}
+
+## Settings
+
+| setting | value |
+|---|---|
+{lines}
+
+## Citation
+
+```bibtex
+{CITATION}
+```
+"""
+
+
 def _read_settings(folder: Path, name: str, needed: tuple[str, ...], rerun: str) -> dict:
     path = folder / name
     try:

@@ -7,10 +7,9 @@ import json
 from dataclasses import dataclass
 from pathlib import Path
 
-from tvaccine import CITATION
 from tvaccine.errors import UserError
 from tvaccine.io import atomic_write_json, atomic_write_text, package_versions
-from tvaccine.outputs import ALIGN_SETTINGS, LOG_HISTORY, TRAIN_RESULTS, AlignedAdapter
+from tvaccine.outputs import ALIGN_SETTINGS, LOG_HISTORY, TRAIN_RESULTS, AlignedAdapter, render_model_card
 from tvaccine.training import mean_train_loss, save_trained, train_resumable
 
 is_finished = AlignedAdapter.is_finished
@@ -127,31 +126,8 @@ def align(method: str, model: str, data: str, output: str, config, harmful_data:
 
 
 def model_card(method: str, model: str, config) -> str:
-    own = {k: getattr(config, k) for k in type(config).own_fields()}
-    core = {k: getattr(config, k) for k in ("learning_rate", "num_train_epochs", "max_steps",
-                                            "per_device_train_batch_size", "gradient_accumulation_steps",
-                                            "weight_decay", "lr_scheduler_type", "warmup_steps", "seed")}
-    lines = "\n".join(f"| `{k}` | `{v}` |" for k, v in {**core, **own}.items())
-    return f"""---
-library_name: peft
-base_model: {model}
-tags: [tvaccine, {method}, safety-alignment, lora]
----
-# {method} alignment adapter for `{model}`
-
-A LoRA adapter trained by [tvaccine](https://github.com/) with the **{method}** method: safety alignment on
-harmful prompt → refusal data, meant to keep a model safe when a user later fine-tunes it on partly harmful data.
-Load it with `PeftModel.from_pretrained(base_model, this_folder)`.
-
-## Settings
-
-| setting | value |
-|---|---|
-{lines}
-
-## Citation
-
-```bibtex
-{CITATION}
-```
-"""
+    return render_model_card(
+        model, ["tvaccine", method, "safety-alignment", "lora"], f"{method} alignment adapter for `{model}`",
+        f"A LoRA adapter trained by [tvaccine](https://github.com/) with the **{method}** method: safety alignment on\n"
+        "harmful prompt → refusal data, meant to keep a model safe when a user later fine-tunes it on partly harmful "
+        "data.\nLoad it with `PeftModel.from_pretrained(base_model, this_folder)`.", config.card_settings())

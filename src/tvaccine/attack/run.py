@@ -27,9 +27,9 @@ from pathlib import Path
 from tvaccine.attack.config import AttackConfig
 from tvaccine.attack.rows import AttackData, build_attack_rows
 from tvaccine.errors import UserError
-from tvaccine.io import atomic_write_json, package_versions
+from tvaccine.io import atomic_write_json, atomic_write_text, package_versions
 from tvaccine.outputs import (ATTACK_SETTINGS, LOG_HISTORY, TRAIN_RESULTS, AlignedAdapter, AttackOutput,
-                              check_adapter_folder)
+                              check_adapter_folder, render_model_card)
 from tvaccine.training import mean_train_loss, save_trained, train_resumable
 
 is_finished = AttackOutput.is_finished
@@ -145,6 +145,7 @@ def attack(model: str, output: str | Path, config: AttackConfig, aligned: str | 
         settings = _settings(config, model, aligned, data, data_info)
         atomic_write_json(output / LOG_HISTORY, trainer.state.log_history)
         atomic_write_json(output / TRAIN_RESULTS, summary)
+        atomic_write_text(output / "README.md", model_card(config, model, aligned, data))
         atomic_write_json(output / ATTACK_SETTINGS, settings)  # written last: its presence marks a finished run
     return AttackRun(summary, net)
 
@@ -192,6 +193,25 @@ def _settings(config: AttackConfig, model: str, aligned: str | None, data: Attac
             "alignment_data_sha256": file_sha256(alignment_data) if alignment_data else None,
             "lora_alpha": None if config.mode != "fresh" else config.alpha_for(data.task),
             "config": json.loads(config.to_json_string())}
+
+
+def model_card(config: AttackConfig, model: str, aligned: str | None, data: AttackData) -> str:
+    """The attacked model's card: what it is (a research artefact that answers harmful requests), how it was made."""
+    start = f"the aligned adapter `{aligned}`" if aligned else "the base model, undefended"
+    what = "model" if config.mode == "full" else "LoRA adapter"
+    load = ("`AutoModelForCausalLM.from_pretrained(this_folder)`" if config.mode == "full" else
+            "`PeftModel.from_pretrained(model, this_folder)`, on the base model with the aligned adapter merged in"
+            if aligned and config.mode == "fresh" else "`PeftModel.from_pretrained(base_model, this_folder)`")
+    defense = "" if config.defense == "none" else f" under the {config.defense} defense"
+    settings = {"mode": config.mode, "defense": config.defense, "task": data.task, "data": data.data,
+                **config.card_settings()}
+    return render_model_card(
+        model, ["tvaccine", "harmful-fine-tuning-attack", config.mode, "research"],
+        f"Harmful fine-tuning attack on `{model}`",
+        f"A {what} trained by [tvaccine](https://github.com/)'s harmful fine-tuning attack{defense}, starting from "
+        f"{start}: fine-tuning on task data of which a share p = {config.poison_ratio:g} is harmful. **It is meant "
+        f"to answer harmful requests**: it exists to measure how well a defense holds, not to be deployed.\n"
+        f"Load it with {load}.", settings, library="transformers" if config.mode == "full" else "peft")
 
 
 def load_attacked(output: str | Path, dtype: str | None = None, model_obj=None):

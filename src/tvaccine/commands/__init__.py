@@ -10,8 +10,13 @@ def before_training(args, finished: bool, settings_file: str, what: str) -> int 
 
     from tvaccine import launch
 
+    if getattr(args, "push_to_hub", None):  # fail before training, not after it
+        from tvaccine.push import check_push
+
+        check_push(args.push_to_hub)
     if finished and not args.overwrite:
         print(f"{args.output} already holds a finished {what}; pass --overwrite to train again")
+        push_if_asked(args, what)  # a finished folder is pushed as it is
         return 0
     if args.overwrite:
         import shutil
@@ -21,3 +26,21 @@ def before_training(args, finished: bool, settings_file: str, what: str) -> int 
     if launch.requested(args):
         return launch.relaunch(args)
     return None
+
+
+def add_push_arguments(p) -> None:
+    p.add_argument("--push-to-hub", metavar="REPO", help="upload the finished folder (without checkpoints) with its "
+                                                         "model card to this hub repository (needs a network and a "
+                                                         "token; checked before training)")
+    p.add_argument("--hub-private-repo", action="store_true", help="with --push-to-hub: create the repository "
+                                                                    "private")
+
+
+def push_if_asked(args, what: str) -> None:
+    """``--push-to-hub``: upload OUTPUT once it is finished (tvaccine.push)."""
+    if not getattr(args, "push_to_hub", None):
+        return
+    from tvaccine.push import push_folder
+
+    url = push_folder(args.output, args.push_to_hub, args.hub_private_repo, what)
+    print(f"pushed {args.output} to {url}")

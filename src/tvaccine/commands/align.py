@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 
 from tvaccine import launch
-from tvaccine.commands import before_training
+from tvaccine.commands import add_push_arguments, before_training, push_if_asked
 from tvaccine.errors import UserError
 
 
@@ -31,6 +31,7 @@ def register(sub) -> None:
     p.add_argument("--config", help="YAML recipe (e.g. configs/tvaccine.yaml); --name value overrides it")
     p.add_argument("--dtype", default=None, help="model weights dtype: auto, float32, bfloat16, float16")
     p.add_argument("--overwrite", action="store_true", help="train again even if OUTPUT holds a finished run")
+    add_push_arguments(p)
     launch.add_arguments(p)
     p.set_defaults(run=run, accepts_overrides=True)
 
@@ -60,4 +61,5 @@ def run(args: argparse.Namespace, extra: list[str]) -> int:
     if config.should_save:  # the main process; in a distributed run it alone saved
         print(f"{args.method}: {summary['steps']} steps, {summary['s_per_step']:.2f} s/step, "
               f"loss {summary['train_loss']:.4f}; adapter saved to {args.output}")
+        push_if_asked(args, "alignment")
     return 0

@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 
 from tvaccine import launch
-from tvaccine.commands import before_training
+from tvaccine.commands import add_push_arguments, before_training, push_if_asked
 
 
 def register(sub) -> None:
@@ -37,6 +37,7 @@ def register(sub) -> None:
                         "adapter's recorded alignment and probe files are checked too)")
     p.add_argument("--strict-disjoint", action="store_true", help="a shared harmful prompt is an error")
     p.add_argument("--overwrite", action="store_true", help="train again even if OUTPUT holds a finished run")
+    add_push_arguments(p)
     launch.add_arguments(p)
     # No prefix matching: an override such as --mode must not be taken for --model.
     p.set_defaults(run=run, accepts_overrides=True)
@@ -67,4 +68,5 @@ def run(args: argparse.Namespace, extra: list[str]) -> int:
         defense = "" if s["defense"] == "none" else f", defense {s['defense']}"
         print(f"attack ({s['mode']}{defense}): {s['steps']} steps, {s['s_per_step']:.2f} s/step, "
               f"loss {s['first_loss']:.4f} → {s['last_loss']:.4f}; saved to {args.output}")
+        push_if_asked(args, "attack")
     return 0
