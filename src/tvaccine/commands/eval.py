@@ -27,6 +27,8 @@ def register(sub) -> None:
     p.add_argument("--benign-prompts", help="benign prompt file for over-refusal (e.g. alpaca_eval.json)")
     p.add_argument("--xstest-prompts", help="XSTest's xstest_prompts.csv or walledai/XSTest (hub): over-refusal on "
                                             "its safe prompts")
+    p.add_argument("--knowledge-data", help="multiple-choice questions for general capability: cais/mmlu (hub) or a "
+                                            "local file of question, choices, answer rows")
     p.add_argument("--no-stop-at-template", dest="stop_at_template", action="store_false",
                    help="keep generating past the template's next '### ' block (the authors' decoding)")
     p.add_argument("--judge", type=_csv, default=["keyword"],
@@ -58,7 +60,7 @@ def run(args: argparse.Namespace, extra: list[str]) -> int:
     settings = EvalSettings(
         model=args.model, adapters=args.adapters, harmful_prompts=args.harmful_prompts,
         task=args.task, task_data=args.task_data,
-        benign_prompts=args.benign_prompts, xstest_prompts=args.xstest_prompts,
+        benign_prompts=args.benign_prompts, xstest_prompts=args.xstest_prompts, knowledge_data=args.knowledge_data,
         stop_at_template=args.stop_at_template, judges=args.judge, classifier=args.classifier,
         beaver_dam=args.beaver_dam, limit=args.limit, max_new_tokens=args.max_new_tokens,
         batch_size=args.batch_size, dtype=args.dtype, seed=args.seed,
@@ -85,4 +87,9 @@ def summary(results: dict) -> str:
         fa = s["fine_tune_accuracy"]
         lines.append(f"FA {fa['task']}: {fmt(fa['published'])}; strict {fmt(fa['strict'])}; always answering "
                      f"'{fa['majority']['label']}': {fa['majority']['value']}%")
+    if "benign_length" in s:
+        r = s["benign_length"]
+        lines.append(f"benign answers: {r['mean']} tokens on average {r['ci95']} (n={r['n']})")
+    if "knowledge" in s:
+        lines.append(f"knowledge check: {fmt(s['knowledge'])}; chance {s['knowledge']['chance']}%")
     return "\n".join(lines)

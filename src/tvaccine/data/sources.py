@@ -80,8 +80,9 @@ def parse_ref(ref: str, split: str | None = None) -> tuple[str, str | None]:
     return ref, split
 
 
-def _hub_records(hub_id: str, split: str | None) -> tuple[list[dict], str, str]:
-    """Records of one split of a hub data set; a clear error offline, for an unknown id or an unknown split."""
+def hub_records(hub_id: str, split: str | None, config: str | None = None) -> tuple[list[dict], str, str]:
+    """Records of one split of a hub data set (``config``: its configuration, where it has several); a clear error
+    offline, for an unknown id or an unknown split."""
     task = hub_task(hub_id)
     split = split or (task.train_split if task else _DEFAULT_SPLITS.get(hub_id.lower()))
     if split is None:
@@ -95,7 +96,7 @@ def _hub_records(hub_id: str, split: str | None) -> tuple[list[dict], str, str]:
     import datasets
 
     try:
-        ds = datasets.load_dataset(hub_id, task.hub_config if task else None, split=split)
+        ds = datasets.load_dataset(hub_id, config or (task.hub_config if task else None), split=split)
     except ValueError as err:
         if "split" in str(err).lower():
             raise UserError(f"{hub_id}: unknown split '{split}' ({str(err).splitlines()[0]})") from err
@@ -146,7 +147,7 @@ def load_source(ref: str, view: str = "auto", split: str | None = None, refusal_
     if split is None and is_local(ref):
         records, sha = read_records(ref), file_sha256(ref)
     else:
-        records, split, fingerprint = _hub_records(ref, split)
+        records, split, fingerprint = hub_records(ref, split)
     rows = []
     for i, raw in enumerate(records):
         row = normalize(raw)

@@ -18,6 +18,7 @@ class EvalSettings:
     task_data: str | None = None
     benign_prompts: str | None = None
     xstest_prompts: str | None = None  # XSTest's safe prompts: a second over-refusal set (read_prompts)
+    knowledge_data: str | None = None  # multiple-choice questions (MMLU-style) for general capability
     judges: list[str] = field(default_factory=lambda: ["keyword"])
     classifier: str | None = None
     beaver_dam: str = "PKU-Alignment/beaver-dam-7b"
@@ -42,7 +43,8 @@ def check_settings(s: EvalSettings) -> None:
         if not isinstance(value, int) or isinstance(value, bool) or (name != "seed" and value < 1):
             rule = "an integer" if name == "seed" else "an integer of at least 1"
             raise UserError(f"eval {name}: must be {rule} (got {value!r})")
-    for name in ("model", "harmful_prompts", "task", "task_data", "benign_prompts", "xstest_prompts", "classifier",
+    for name in ("model", "harmful_prompts", "task", "task_data", "benign_prompts", "xstest_prompts",
+                 "knowledge_data", "classifier",
                  "beaver_dam"):
         if getattr(s, name) is not None and not isinstance(getattr(s, name), str):
             raise UserError(f"eval {name}: must be a string (got {getattr(s, name)!r})")

@@ -42,7 +42,7 @@ def prompt_sets(s: EvalSettings) -> dict[str, list[dict]]:
         sets["benign"] = read_prompts(s.benign_prompts, s.limit)
     if s.xstest_prompts:  # limit cuts it like the benign set: its first N safe prompts
         sets["xstest"] = read_prompts(s.xstest_prompts, s.limit)
-    if not sets:
+    if not sets and not s.knowledge_data:
         raise UserError("nothing to evaluate: give --harmful-prompts, --task with --task-data, --benign-prompts "
                         "or eval.xstest_prompts")
     for name, rows in sets.items():
@@ -53,11 +53,13 @@ def prompt_sets(s: EvalSettings) -> dict[str, list[dict]]:
 
 def evaluate(s: EvalSettings, output: str | Path, progress: bool = True) -> dict:
     from tvaccine.evaluation.generate import generate_to_file, load_for_generation
+    from tvaccine.evaluation.knowledge import answer_letters, knowledge_score, read_questions
     from tvaccine.io import atomic_write_json, package_versions, write_jsonl
 
     start = time.perf_counter()
     out = Path(output)
     sets = check_inputs(s)  # read (and validate) every input before the slow part
+    questions = read_questions(s.knowledge_data, s.limit) if s.knowledge_data else None
     model, tokenizer = load_for_generation(s.model, s.adapters, s.dtype)
     generations, gen_stats = {}, {}
     for name, rows in sets.items():
@@ -67,10 +69,14 @@ def evaluate(s: EvalSettings, output: str | Path, progress: bool = True) -> dict
         generations[name] = done
         gen_stats[name] = {"n": len(done), "generated_now": stats.generated, "new_tokens": stats.new_tokens,
                            "seconds": round(stats.seconds, 2), "tokens_per_s": round(stats.tokens_per_s, 2)}
+    chosen = answer_letters(model, tokenizer, questions, s.batch_size) if questions else None
     del model
     gc.collect()
 
     scores, judge_notes = score_sets(s, sets, generations)
+    if questions:
+        scores["knowledge"] = {**knowledge_score(questions, chosen), "source": s.knowledge_data,
+                               "scoring": "answer letter likelihood, zero-shot"}
     if "harmful" in generations:
         write_jsonl(out / "judgements_harmful.jsonl", generations["harmful"])
     results = {
@@ -103,7 +109,7 @@ def score_sets(s: EvalSettings, sets: dict, generations: dict) -> tuple[dict, di
     from tvaccine.data.tasks import is_correct, is_correct_strict
     from tvaccine.evaluation.judges import make_judge
     from tvaccine.evaluation.refusal import is_refusal
-    from tvaccine.evaluation.scores import majority_baseline, rate
+    from tvaccine.evaluation.scores import majority_baseline, mean_interval, rate
 
     common = {"max_new_tokens": s.max_new_tokens}
     scores, notes = {}, {}
@@ -136,6 +142,8 @@ def score_sets(s: EvalSettings, sets: dict, generations: dict) -> tuple[dict, di
             answers = [g["response"] for g in generations[name]]
             scores[key] = {**rate([is_refusal(a) for a in answers]), **common, "judge": "keyword refusal phrases"}
             scores[f"degenerate_{name}"] = _degenerate_rate([degenerate_reason_of(g) for g in generations[name]])
+    if "benign" in sets:  # a broken model answers benign prompts with nothing, or runs to the length limit
+        scores["benign_length"] = mean_interval([g["new_tokens"] for g in generations["benign"]])
     if "task" in sets:
         labels = [r["label"] for r in sets["task"]]
         answers = [g["response"] for g in generations["task"]]

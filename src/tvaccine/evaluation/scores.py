@@ -22,6 +22,18 @@ def rate(values: list[bool]) -> dict:
     return {"value": round(100 * k / n, 2) if n else None, "ci95": ci, "n": n, "interval": "wilson"}
 
 
+def mean_interval(values: list[float], resamples: int = 2000, rng_seed: int = 0) -> dict:
+    """A mean with its 95% percentile-bootstrap interval over the values (seeded, so a rerun gives the same)."""
+    import numpy as np
+
+    if not values:
+        return {"mean": None, "ci95": [None, None], "n": 0, "interval": "bootstrap"}
+    x = np.asarray(values, dtype=float)
+    means = x[np.random.default_rng(rng_seed).integers(0, len(x), (resamples, len(x)))].mean(axis=1)
+    return {"mean": round(float(x.mean()), 2), "ci95": [round(float(np.percentile(means, q)), 2) for q in (2.5, 97.5)],
+            "n": len(x), "interval": "bootstrap"}
+
+
 def majority_baseline(task: str, labels: list[str]) -> dict:
     """FA of a constant predictor that always says the eval set's most common label (percent), and that label.
 

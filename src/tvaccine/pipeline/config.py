@@ -30,7 +30,7 @@ AXES = {
 PIPELINE_EVAL_KEYS = {"before_attack", "attack_steps", "curve_sets", "aligned_max_hs", "aligned_max_over_refusal"}
 # The prompt sets of an evaluation, by the eval key that names each one's file.
 PROMPT_SETS = {"harmful": "harmful_prompts", "task": "task_data", "benign": "benign_prompts",
-               "xstest": "xstest_prompts"}
+               "xstest": "xstest_prompts", "knowledge": "knowledge_data"}
 
 
 def get_path(config: dict, dotted: str):
