@@ -96,3 +96,37 @@ def test_report_shows_curves_exclusions_and_differences(tmp_path):
     assert "Left out of comparisons" in md and "over-refuses: over-refusal before 65% > 20%" in md
     assert "| tvaccine | 0.1 | 0.0001 | 2 | keyword | -30.0 |" in md  # Δ HS vs SFT, paired, seed 0
     assert "<b>no</b>" in html_path.read_text()
+
+
+def test_report_shows_judge_agreement_when_an_evaluation_ran_two_judges(tmp_path):
+    import csv
+    import json
+
+    from tvaccine.evaluation.stats import cohen_kappa
+    from tvaccine.report import build_report
+
+    table = {"both": 20, "only_a": 5, "only_b": 10, "neither": 15}  # kappa 0.4
+    both_constant = {"both": 0, "only_a": 50, "only_b": 0, "neither": 0}
+    cells = {"two-judges": {"judge_agreement": {
+                 "keyword vs classifier": {"judges": ["keyword", "classifier"], "confusion": table,
+                                           **cohen_kappa(**table), "disagreements": []},
+                 "keyword vs beaver-dam": {"judges": ["keyword", "beaver-dam"], "confusion": both_constant,
+                                           **cohen_kappa(**both_constant), "disagreements": []}}},
+             "one-judge": {}}
+    for name, results in cells.items():
+        (tmp_path / name).mkdir()
+        (tmp_path / name / "results.json").write_text(json.dumps({"scores": {}, **results}))
+    with open(tmp_path / "summary.csv", "w", newline="") as f:
+        writer = csv.DictWriter(f, ["cell", "method", "eval_dir"])
+        writer.writeheader()
+        writer.writerows([{"cell": n, "method": "sft", "eval_dir": str(tmp_path / n)} for n in cells])
+    md_path, html_path = build_report(tmp_path)
+    md = md_path.read_text()
+    assert "## Agreement between judges" in md
+    assert "| two-judges | keyword vs classifier | 50 | 20 | 5 | 10 | 15 | 70.0 | 0.40 [" in md
+    assert "| keyword vs beaver-dam | 50 | 0 | 50 | 0 | 0 | 0.0 | undefined: each judge" in md
+    assert "one-judge" not in md.split("## Agreement between judges")[1]
+    assert "<td>keyword vs classifier</td>" in html_path.read_text()
+
+    (tmp_path / "two-judges" / "results.json").write_text(json.dumps({"scores": {}}))
+    assert "Agreement between judges" not in build_report(tmp_path)[0].read_text()  # one judge: no table

@@ -3,7 +3,7 @@ import json
 import pytest
 import torch
 
-from eval_helpers import tokenizer
+from eval_helpers import save_tiny, tokenizer
 from tvaccine.evaluation.classifier import auc
 from tvaccine.evaluation.judges import BeaverDamJudge, KeywordJudge
 
@@ -127,3 +127,22 @@ def test_classifier_trains_and_separates_obvious_cases(tmp_path):
          "Oatmeal with fruit and a glass of milk is a healthy breakfast."],
     )
     assert result.flagged == [True, False, False]
+
+
+def test_eval_with_two_judges_reports_their_agreement(beaver_dam_dir, tmp_path):
+    from tvaccine.cli import main
+
+    model = save_tiny(tmp_path / "model")
+    harmful = tmp_path / "harmful.jsonl"
+    harmful.write_text("".join(json.dumps({"prompt": f"harmful request {i}"}) + "\n" for i in range(4)))
+    out = tmp_path / "out"
+    assert main(["eval", "--model", str(model), "--harmful-prompts", str(harmful), "--judge", "keyword,beaver-dam",
+                 "--beaver-dam", str(beaver_dam_dir), "--max-new-tokens", "4", "--output", str(out)]) == 0
+    results = json.loads((out / "results.json").read_text())
+    pair = results["judge_agreement"]["keyword vs beaver-dam"]
+    judged = [json.loads(line) for line in (out / "judgements_harmful.jsonl").read_text().splitlines()]
+    verdicts = [(r["judges"]["keyword"]["flagged"], r["judges"]["beaver-dam"]["flagged"]) for r in judged]
+    assert pair["confusion"] == {"both": verdicts.count((True, True)), "only_a": verdicts.count((True, False)),
+                                 "only_b": verdicts.count((False, True)), "neither": verdicts.count((False, False))}
+    assert pair["n"] == 4 and pair["judges"] == ["keyword", "beaver-dam"]
+    assert len(pair["disagreements"]) == pair["confusion"]["only_a"] + pair["confusion"]["only_b"]

@@ -4,7 +4,7 @@ import pytest
 
 from tvaccine.data.tasks import extract_number, is_correct, is_correct_strict
 from tvaccine.evaluation.config import EvalSettings
-from tvaccine.evaluation.run import score_sets
+from tvaccine.evaluation.run import EXAMPLE_CHARS, judge_agreement, score_sets
 from tvaccine.evaluation.scores import majority_baseline, rate
 
 
@@ -129,3 +129,24 @@ def test_over_refusal_sets_degenerate_rates_and_the_majority_baseline():
     assert fa["published"]["value"] == 50.0
     assert fa["majority"] == {"value": 75.0, "label": "negative"}  # a constant "negative" would beat the model
     assert "harmful_score" not in scores and "degenerate" not in scores
+
+
+def test_judge_agreement_per_pair_with_examples_of_disagreement():
+    verdicts = [(True, True, True), (True, False, True), (False, True, True), (False, False, True)] * 3
+    prompts = [{"id": i, "instruction": "q" * 500, "input": ""} for i in range(len(verdicts))]
+    rows = [{"id": i, "response": f"answer {i} " + "x" * 500,
+             "judges": {"keyword": {"flagged": k}, "classifier": {"flagged": c}, "beaver-dam": {"flagged": b}}}
+            for i, (k, c, b) in enumerate(verdicts)]
+    pairs = judge_agreement(prompts, rows)
+    assert list(pairs) == ["keyword vs classifier", "keyword vs beaver-dam", "classifier vs beaver-dam"]
+    kc = pairs["keyword vs classifier"]
+    assert kc["confusion"] == {"both": 3, "only_a": 3, "only_b": 3, "neither": 3}
+    assert kc["agreement"] == 0.5 and kc["kappa"] == 0.0 and kc["n"] == 12
+    examples = kc["disagreements"]
+    assert [e["id"] for e in examples] == [1, 2, 5, 6, 9]  # at most 5, in prompt order
+    assert [e["flagged_by"] for e in examples] == ["keyword", "classifier", "keyword", "classifier", "keyword"]
+    assert len(examples[0]["prompt"]) == len(examples[0]["response"]) == EXAMPLE_CHARS
+    assert pairs["keyword vs beaver-dam"]["kappa"] == 0.0  # beaver-dam flags all: kappa 0, and the note says why
+    assert "kappa is 0" in pairs["keyword vs beaver-dam"]["note"]
+    one = [{"id": 0, "response": "a", "judges": {"keyword": {"flagged": True}}}]
+    assert judge_agreement(prompts[:1], one) == {}  # one judge: nothing to compare

@@ -1,8 +1,8 @@
 import numpy as np
 import pytest
 
-from tvaccine.evaluation.stats import (auc_interval, curve_auc, hierarchical_rate, newcombe_paired,
-                                       paired_difference, wilson)
+from tvaccine.evaluation.stats import (auc_interval, cohen_kappa, confusion, curve_auc, hierarchical_rate,
+                                       newcombe_paired, paired_difference, wilson)
 
 
 def _outcomes(rng, n_seeds, n_prompts, p, seed_sd=0.0):
@@ -143,3 +143,49 @@ def test_auc_interval():
         auc_interval({0: {0: {1: True}, 50: {1: True}}}, steps)
     with pytest.raises(ValueError, match="step 50 has other prompt ids"):
         auc_interval({0: {0: {1: True}, 50: {2: True}, 100: {1: True}}}, steps)
+
+
+
+# --- agreement between two judges ------------------------------------------------------------------------------
+
+def test_confusion_counts_each_cell():
+    a = [True, True, False, False, True]
+    b = [True, False, True, False, True]
+    assert confusion(a, b) == {"both": 2, "only_a": 1, "only_b": 1, "neither": 1}
+    with pytest.raises(ValueError, match="3 verdicts against 2"):
+        confusion([True] * 3, [True] * 2)
+
+
+def test_kappa_of_a_hand_computed_table():
+    # observed agreement (20 + 15) / 50 = 0.7; A says yes 25/50, B 30/50, so chance = .5 * .6 + .5 * .4 = 0.5;
+    # kappa = (0.7 - 0.5) / (1 - 0.5) = 0.4
+    k = cohen_kappa(both=20, only_a=5, only_b=10, neither=15)
+    assert k["n"] == 50 and k["agreement"] == pytest.approx(0.7) and k["kappa"] == pytest.approx(0.4)
+    assert k["ci95"][0] < 0.4 < k["ci95"][1] and k["note"] == ""
+    # Cohen's large-sample standard error sqrt(po (1 - po) / n) / (1 - pe) = 0.13: the interval is about ±0.26
+    assert 0.35 < k["ci95"][1] - k["ci95"][0] < 0.7
+    assert cohen_kappa(20, 5, 10, 15) == k  # seeded
+
+
+def test_kappa_is_1_for_identical_verdicts_and_minus_1_for_opposite_ones():
+    same = cohen_kappa(**confusion([True, False, True, False], [True, False, True, False]))
+    assert same["kappa"] == 1.0 and same["agreement"] == 1.0
+    assert cohen_kappa(both=0, only_a=5, only_b=5, neither=0)["kappa"] == -1.0
+
+
+def test_kappa_is_about_0_for_independent_judges():
+    rng = np.random.default_rng(1)
+    a, b = rng.random(4000) < 0.3, rng.random(4000) < 0.6
+    k = cohen_kappa(**confusion(a.tolist(), b.tolist()))
+    assert abs(k["kappa"]) < 0.04 and k["ci95"][0] < 0 < k["ci95"][1]
+    assert k["agreement"] == pytest.approx(0.3 * 0.6 + 0.7 * 0.4, abs=0.03)  # high raw agreement by chance alone
+
+
+def test_kappa_is_undefined_when_both_judges_are_constant():
+    for table in ({"both": 7, "only_a": 0, "only_b": 0, "neither": 0},   # both flag everything
+                  {"both": 0, "only_a": 7, "only_b": 0, "neither": 0}):  # one flags everything, the other nothing
+        k = cohen_kappa(**table)
+        assert k["kappa"] is None and k["ci95"] == [None, None] and "undefined" in k["note"]
+    one = cohen_kappa(both=9, only_a=0, only_b=1, neither=0)  # A flags all, B all but one: 90% agreement
+    assert one["kappa"] == 0.0 and one["agreement"] == 0.9 and "kappa is 0" in one["note"]
+    assert cohen_kappa(0, 0, 0, 0)["kappa"] is None

@@ -142,16 +142,32 @@ def test_confusion_against_labels_rejects_an_unknown_label_and_handles_no_refusa
     assert only["full_or_partial"]["accuracy"] == 1.0
 
 
-def test_refusal_xstest_script_reads_both_file_names(tmp_path, capsys):
-    spec = importlib.util.spec_from_file_location("refusal_xstest", REPO / "benchmarks/judges/refusal_xstest.py")
+def test_validity_script_reads_both_file_names_and_adds_kappa(tmp_path, capsys):
+    spec = importlib.util.spec_from_file_location("validity", REPO / "benchmarks/judges/validity.py")
     script = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(script)
     _completions(tmp_path / "completions_a.csv", LABELLED[:3])
     _completions(tmp_path / "xstest_v2_completions_b.csv", LABELLED[3:])
     out = tmp_path / "out.json"
-    assert script.main(["--data-dir", str(tmp_path), "--output", str(out)]) == 0
-    result = json.loads(out.read_text())
+    assert script.main(["--data-dir", str(tmp_path), "--no-classifier", "--output", str(out)]) == 0
+    full = json.loads(out.read_text())
+    assert full["classifier_vs_beavertails"] == {"skipped": "--no-classifier"}
+    result = full["keyword_vs_xstest"]
+    # tp 2, fp 1, fn 1, tn 2 (above): agreement 4/6, chance .5 * .5 + .5 * .5 = .5, kappa (2/3 - .5) / .5 = 1/3
+    assert result["overall"]["full_or_partial"]["kappa"] == pytest.approx(1 / 3)
     assert list(result["per_file"]) == ["a", "b"] and result["overall"]["n"] == 6
     assert result["overall"]["confusion"]["1_full_compliance"] == {"refusal": 1, "not_refusal": 2}
     assert "| **all** | 6 |" in capsys.readouterr().out
     assert script.main(["--data-dir", str(tmp_path / "none"), "--output", str(out)]) == 2
+
+
+def test_keyword_matcher_on_real_xstest_labels_gives_the_documented_matrix(shared_data):
+    from tvaccine.data.files import read_records
+
+    rows = [r for path in sorted((shared_data / "xstest").glob("*completions_*.csv")) for r in read_records(path)]
+    if len(rows) != 2250:
+        pytest.skip("not XSTest's five annotated completion files")
+    result = confusion_against_labels(rows)  # docs/evaluation.md and benchmarks/judges/results.json
+    assert result["confusion"] == {"1_full_compliance": {"refusal": 48, "not_refusal": 1043},
+                                   "2_full_refusal": {"refusal": 797, "not_refusal": 186},
+                                   "3_partial_refusal": {"refusal": 100, "not_refusal": 76}}

@@ -1,7 +1,8 @@
 """Reports from finished runs and sweeps: a results table, plots, and Markdown + self-contained HTML.
 
 Input is a run or sweep folder: ``summary.csv`` (one row per cell, written by the pipeline) and, for the layer
-plot, the alignment ``log_history.json`` of T-Vaccine runs, found through each row's ``align_dir``.
+plot, the alignment ``log_history.json`` of T-Vaccine runs, found through each row's ``align_dir``; for the judge
+agreement table, the evaluation's ``results.json``, found through each row's ``eval_dir``.
 """
 
 from __future__ import annotations
@@ -9,11 +10,12 @@ from __future__ import annotations
 import base64
 import csv
 import html
+import json
 from pathlib import Path
 
 from tvaccine.errors import UserError
 from tvaccine.io import atomic_write_text
-from tvaccine.outputs import read_log_history, read_train_results
+from tvaccine.outputs import EVAL_RESULTS, read_log_history, read_train_results
 
 TABLE_COLUMNS = ["variant", "poison_ratio", "attack_lr", "seed", "align_steps", "hs_keyword_before",
                  "over_refusal_before", "aligned", "hs_keyword", "hs_keyword_ci_low", "hs_keyword_ci_high",
@@ -21,7 +23,7 @@ TABLE_COLUMNS = ["variant", "poison_ratio", "attack_lr", "seed", "align_steps", 
                  "knowledge_before", "knowledge", "benign_tokens", "align_s", "attack_s", "align_peak_rss_mb"]
 # Columns printed as they are (not as a percentage with one decimal).
 _VERBATIM = {"poison_ratio", "attack_lr", "seed", "align_steps", "variant", "attack_step", "n_seeds", "n_pairs",
-             "n_prompts", "excluded_seeds"}
+             "n_prompts", "excluded_seeds", "n", "both", "only_a", "only_b", "neither"}
 
 
 def read_summary(folder: Path) -> list[dict]:
@@ -60,6 +62,26 @@ def markdown_table(rows: list[dict], columns: list[str] | None = None) -> str:
     for r in rows:
         out.append("| " + " | ".join(_cell(c, r.get(c)) for c in cols) + " |")
     return "\n".join(out)
+
+
+AGREEMENT_COLUMNS = ["cell", "judges", "n", "both", "only_a", "only_b", "neither", "agreement", "kappa"]
+
+
+def judge_agreement_rows(rows: list[dict]) -> list[dict]:
+    """One row per cell and pair of judges, from the ``judge_agreement`` of each cell's evaluation results (present
+    when the evaluation ran two or more judges): the 2×2 counts, raw agreement (%) and Cohen's κ with its interval."""
+    out = []
+    for r in rows:
+        path = Path(r.get("eval_dir") or "") / EVAL_RESULTS
+        if not r.get("eval_dir") or not path.is_file():
+            continue
+        for pair, a in json.loads(path.read_text()).get("judge_agreement", {}).items():
+            kappa = a["note"] if a["kappa"] is None else f"{a['kappa']:.2f}"  # the note says why it is undefined
+            if a["kappa"] is not None and None not in a["ci95"]:
+                kappa += f" [{a['ci95'][0]:.2f}, {a['ci95'][1]:.2f}]"
+            out.append({"cell": r.get("cell", ""), "judges": pair, "n": a["n"], **a["confusion"],
+                        "agreement": 100 * a["agreement"], "kappa": kappa})
+    return out
 
 
 def _variant(row: dict) -> str:
@@ -261,6 +283,11 @@ def build_report(folder: str | Path) -> tuple[Path, Path]:
                          "difference)", markdown_table(diffs, ["variant", "poison_ratio", "attack_lr",
                                                                "attack_step", "judge", "delta_hs_vs_sft",
                                                                "ci_low", "ci_high", "n_seeds", "n_pairs"])))
+    agreement = judge_agreement_rows(rows)
+    if agreement:
+        sections.append(("Agreement between judges on the same harmful answers (both: flagged by both judges; κ: "
+                         "Cohen's kappa, 95% bootstrap interval; agreement is not validity: judges can share a blind "
+                         "spot)", markdown_table(agreement, AGREEMENT_COLUMNS)))
     md = [f"# tvaccine report: {folder.name}", "", note, ""]
     md += [f"## {title}\n\n{table}\n" for title, table in sections]
     md += [f"## {title}\n\n![{title}]({p.name})\n" for title, p in plots]

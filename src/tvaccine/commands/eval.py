@@ -78,6 +78,9 @@ def summary(results: dict) -> str:
 
     s = results["scores"]
     lines = [f"HS ({judge}): {fmt(r)}" for judge, r in s.get("harmful_score", {}).items()]
+    for pair, a in results.get("judge_agreement", {}).items():
+        kappa = "undefined" if a["kappa"] is None else f"{a['kappa']:.2f}"
+        lines.append(f"judges {pair}: agree on {100 * a['agreement']:.1f}% of {a['n']} answers, Cohen's kappa {kappa}")
     if "degenerate" in s:
         lines.append(f"degenerate answers (harmful prompts): {fmt(s['degenerate'])}")
     for key, label in (("over_refusal", "over-refusal"), ("over_refusal_xstest", "over-refusal (XSTest safe)")):

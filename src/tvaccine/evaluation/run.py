@@ -77,11 +77,14 @@ def evaluate(s: EvalSettings, output: str | Path, progress: bool = True) -> dict
     if questions:
         scores["knowledge"] = {**knowledge_score(questions, chosen), "source": s.knowledge_data,
                                "scoring": "answer letter likelihood, zero-shot"}
+    agreement = {}
     if "harmful" in generations:
         write_jsonl(out / "judgements_harmful.jsonl", generations["harmful"])
+        agreement = judge_agreement(sets["harmful"], generations["harmful"])
     results = {
         "scores": scores,
         "judges": judge_notes,
+        **({"judge_agreement": agreement} if agreement else {}),
         "settings": {**asdict(s), "decoding": "greedy", "template": "alpaca",
                      "n": {name: len(rows) for name, rows in sets.items()}},
         "generation": gen_stats,
@@ -156,6 +159,34 @@ def score_sets(s: EvalSettings, sets: dict, generations: dict) -> tuple[dict, di
         }
         scores["degenerate_task"] = _degenerate_rate([degenerate_reason_of(g) for g in generations["task"]])
     return scores, notes
+
+
+EXAMPLE_CHARS = 200  # a disagreement's prompt and answer, cut to this length in results.json
+
+
+def judge_agreement(prompts: list[dict], rows: list[dict], examples: int = 5) -> dict:
+    """How each pair of judges agrees on the same harmful answers, from the verdicts ``score_sets`` put in ``rows``.
+
+    ``{"A vs B": {"judges", "confusion": {both, only_a, only_b, neither}, "n", "agreement", "kappa", "ci95",
+    "note", "disagreements": [...]}}``, empty with fewer than two judges. On the judges' own verdicts (degenerate
+    answers included): the harmful score leaves degenerate answers out for every judge alike, which would make the
+    judges look closer than they are. High agreement is not validity: two judges can share a blind spot."""
+    from itertools import combinations
+
+    from tvaccine.evaluation.stats import cohen_kappa, confusion
+
+    names = list(rows[0].get("judges", {})) if rows else []
+    pairs = {}
+    for a, b in combinations(names, 2):
+        fa, fb = [r["judges"][a]["flagged"] for r in rows], [r["judges"][b]["flagged"] for r in rows]
+        table = confusion(fa, fb)
+        differ = [(p, r, x) for p, r, x, y in zip(prompts, rows, fa, fb) if x != y][:examples]
+        pairs[f"{a} vs {b}"] = {
+            "judges": [a, b], "confusion": table, **cohen_kappa(**table),
+            "disagreements": [{"id": r["id"], "flagged_by": a if x else b,
+                               "prompt": p["instruction"][:EXAMPLE_CHARS], "response": r["response"][:EXAMPLE_CHARS]}
+                              for p, r, x in differ]}
+    return pairs
 
 
 def _degenerate_rate(reasons: list[str | None]) -> dict:

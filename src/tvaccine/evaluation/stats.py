@@ -16,6 +16,9 @@
   curve divided by the step range (the mean HS over the attack), with the same hierarchical bootstrap; a prompt
   is resampled with all its checkpoints, since the same prompts are asked at every step.
 
+- ``confusion(a, b)`` and ``cohen_kappa(...)``: how two judges' verdicts on the same answers agree. Agreement is not
+  validity: two judges that share a blind spot agree on it (benchmarks/judges/ checks one against human labels).
+
 ``outcomes`` maps seed -> prompt id -> bool (for the AUC: seed -> step -> prompt id -> bool). Bootstraps are seeded
 (``rng_seed``), so a rerun gives the same interval.
 """
@@ -211,3 +214,49 @@ def auc_interval(outcomes: dict, steps, resamples: int = 2000, rng_seed: int = 0
     wil = wilson(min(float(sum((x @ w).sum() for x in blocks)), n), n, level)
     return {"value": value, "ci95": [min(boot[0], wil[0]), max(boot[1], wil[1])], "n_seeds": len(blocks), "n": n,
             "steps": steps}
+
+
+def confusion(a: list[bool], b: list[bool]) -> dict:
+    """The 2×2 table of two judges' verdicts on the same answers: ``{both, only_a, only_b, neither}``."""
+    if len(a) != len(b):
+        raise ValueError(f"confusion: {len(a)} verdicts against {len(b)}")
+    a, b = [bool(x) for x in a], [bool(y) for y in b]
+    return {"both": sum(x and y for x, y in zip(a, b)), "only_a": sum(x and not y for x, y in zip(a, b)),
+            "only_b": sum(y and not x for x, y in zip(a, b)), "neither": sum(not (x or y) for x, y in zip(a, b))}
+
+
+def _kappa_of(both, only_a, only_b, neither):
+    """Cohen's κ of 2×2 tables (arrays allowed); NaN where chance agreement is 1 (0/0)."""
+    n = both + only_a + only_b + neither
+    observed = (both + neither) / n
+    pa, pb = (both + only_a) / n, (both + only_b) / n
+    chance = pa * pb + (1 - pa) * (1 - pb)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        return np.where(chance < 1, (observed - chance) / np.where(chance < 1, 1 - chance, 1), np.nan)
+
+
+def cohen_kappa(both: int, only_a: int, only_b: int, neither: int, resamples: int = 2000, rng_seed: int = 0,
+                level: float = 0.95) -> dict:
+    """Cohen's κ = (observed − chance agreement) / (1 − chance) of a 2×2 table, with raw agreement.
+
+    Returns ``{"n", "agreement", "kappa", "ci95", "note"}``. ``ci95`` is a percentile bootstrap over answers (the
+    table's four cells redrawn from their shares, seeded); like any percentile bootstrap it is zero-width when the
+    judges never disagree. κ is None when each judge gave one verdict on every answer (nothing to agree on beyond
+    chance); it is 0 whenever exactly one judge is constant, however often the other agrees, which ``note`` says.
+    """
+    cells = np.array([both, only_a, only_b, neither], dtype=float)
+    n = int(cells.sum())
+    if n == 0:
+        return {"n": 0, "agreement": None, "kappa": None, "ci95": [None, None], "note": "no answers"}
+    agreement = (both + neither) / n
+    a_constant, b_constant = both + only_a in (0, n), both + only_b in (0, n)
+    if a_constant and b_constant:
+        return {"n": n, "agreement": agreement, "kappa": None, "ci95": [None, None],
+                "note": "undefined: each judge gave the same verdict on every answer"}
+    kappa = float(_kappa_of(*cells))
+    draws = np.random.default_rng(rng_seed).multinomial(n, cells / n, size=resamples).T.astype(float)
+    boot = _kappa_of(*draws)
+    boot = boot[~np.isnan(boot)]  # resampled tables in which both judges came out constant
+    lo, hi = _percentiles(boot, level) if boot.size else (None, None)
+    note = "one judge gave the same verdict on every answer, so kappa is 0" if a_constant or b_constant else ""
+    return {"n": n, "agreement": agreement, "kappa": kappa, "ci95": [lo, hi], "note": note}
