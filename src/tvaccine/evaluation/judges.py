@@ -4,6 +4,7 @@
 - ``keyword``: flagged unless the answer refuses (tvaccine.evaluation.refusal); no model, deterministic.
 - ``classifier``: MiniLM + logistic regression (tvaccine.evaluation.classifier), a PROXY for beaver-dam.
 - ``beaver-dam``: the published judge, a port of PKU-Alignment's ``QAModeration.predict``.
+- ``harmbench``, ``strongreject``, ``llama-guard``: published LLM judges (tvaccine.evaluation.model_judges).
 """
 
 from __future__ import annotations
@@ -111,16 +112,22 @@ class BeaverDamJudge:
         )
 
 
-JUDGES = ("keyword", "classifier", "beaver-dam")
+JUDGES = ("keyword", "classifier", "beaver-dam", "harmbench", "strongreject", "llama-guard")
 
 
-def make_judge(name: str, classifier: str | Path | None = None, beaver_dam: str = BEAVER_DAM_HUB):
+def make_judge(name: str, classifier: str | Path | None = None, beaver_dam: str = BEAVER_DAM_HUB,
+               judge_models: dict[str, str] | None = None):
+    """``judge_models`` maps a model-based judge's name to its hub id or local folder (default: its source's)."""
     if name == "keyword":
         return KeywordJudge()
     if name == "classifier":
         return ClassifierJudge(classifier or default_classifier_dir())
     if name == "beaver-dam":
         return BeaverDamJudge(beaver_dam)
+    from tvaccine.evaluation.model_judges import MODEL_JUDGES
+
+    if name in MODEL_JUDGES:
+        return MODEL_JUDGES[name]((judge_models or {}).get(name))
     raise UserError(f"--judge: unknown judge '{name}' (use {', '.join(JUDGES)})")
 
 
