@@ -9,20 +9,13 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from pathlib import Path
 
 from tvaccine.errors import UserError
+from tvaccine.evaluation.judge_result import JudgeResult
 
 BEAVER_DAM_HUB = "PKU-Alignment/beaver-dam-7b"
 QA_TEMPLATE = "BEGINNING OF CONVERSATION: USER: {prompt} ASSISTANT:"  # QAModeration's PROMPT_INPUT
-
-
-@dataclass
-class JudgeResult:
-    flagged: list[bool]
-    score: list[float]  # the judge's harm score per answer, in [0, 1]
-    categories: list[dict] | None = None  # per-category probabilities (beaver-dam only)
 
 
 class KeywordJudge:

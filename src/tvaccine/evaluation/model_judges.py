@@ -216,7 +216,7 @@ class HarmBenchJudge(CausalJudge):
     def judge(self, prompts: list[str], responses: list[str]):
         import torch
 
-        from tvaccine.evaluation.judges import JudgeResult
+        from tvaccine.evaluation.judge_result import JudgeResult
 
         logits = self.last_logits(self.texts(prompts, responses))
         words = [self.tokenizer.decode([i]).strip().lower() for i in logits.argmax(-1).tolist()]
@@ -289,7 +289,7 @@ class StrongRejectJudge(CausalJudge):
     def judge(self, prompts: list[str], responses: list[str]):
         import torch
 
-        from tvaccine.evaluation.judges import JudgeResult
+        from tvaccine.evaluation.judge_result import JudgeResult
 
         probs = self.last_logits(self.texts(prompts, responses))[:, self.rating_ids].softmax(dim=-1)
         score = (probs * torch.linspace(0, 1, 5)).sum(dim=-1).tolist()
@@ -358,7 +358,7 @@ class LlamaGuardJudge(CausalJudge):
         return out
 
     def judge(self, prompts: list[str], responses: list[str]):
-        from tvaccine.evaluation.judges import JudgeResult
+        from tvaccine.evaluation.judge_result import JudgeResult
 
         parsed = [self.parse(o) for o in self.generate(self.texts(prompts, responses))]
         return JudgeResult(flagged=[u for u, _ in parsed], score=[float(u) for u, _ in parsed],
