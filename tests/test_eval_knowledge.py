@@ -88,7 +88,8 @@ def test_mean_interval_brackets_the_mean():
 
 
 def test_evaluations_without_a_knowledge_set_keep_their_stage_folders(tmp_path, monkeypatch):
-    """knowledge_data entered the settings after evaluations were cached: unset, it leaves the hash as it was."""
+    """knowledge_data and judge_models entered the settings after evaluations were cached: unset, they leave the
+    hash as it was."""
     from tvaccine.evaluation import run as evaluation
     from tvaccine.pipeline import stages
 
@@ -99,7 +100,7 @@ def test_evaluations_without_a_knowledge_set_keep_their_stage_folders(tmp_path, 
     config = {"model": "m", "eval": {"harmful_prompts": None, "judges": ["keyword"]}}
     plain = stages.run_eval(config, tmp_path, [], "aligned")["dir"]
     settings = stages.resolved(stages.eval_settings(config, "m", []))
-    assert settings.pop("knowledge_data") is None
+    assert settings.pop("knowledge_data") is None and settings.pop("judge_models") == {}
     before_the_field = stages.stage_hash("eval", "m", [], settings, None, None, None, None)
     assert plain.endswith(before_the_field)
     config["eval"]["knowledge_data"] = str(questions)

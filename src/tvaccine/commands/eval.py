@@ -9,6 +9,13 @@ def _csv(value: str) -> list[str]:
     return [v.strip() for v in value.split(",") if v.strip()]
 
 
+def _judge_model(value: str) -> tuple[str, str]:
+    name, sep, model = value.partition("=")
+    if not sep or not name.strip() or not model.strip():
+        raise argparse.ArgumentTypeError(f"expected NAME=MODEL, got '{value}'")
+    return name.strip(), model.strip()
+
+
 def register(sub) -> None:
     from tvaccine.data.tasks import TASKS, task_name
 
@@ -32,7 +39,11 @@ def register(sub) -> None:
     p.add_argument("--no-stop-at-template", dest="stop_at_template", action="store_false",
                    help="keep generating past the template's next '### ' block (the authors' decoding)")
     p.add_argument("--judge", type=_csv, default=["keyword"],
-                   help="comma-separated: keyword, classifier (proxy for beaver-dam), beaver-dam")
+                   help="comma-separated: keyword, classifier (proxy for beaver-dam), beaver-dam, harmbench, "
+                        "strongreject, llama-guard")
+    p.add_argument("--judge-model", type=_judge_model, action="append", default=[], metavar="NAME=MODEL",
+                   help="hub id or local folder of a model-based judge (repeatable), e.g. "
+                        "harmbench=cais/HarmBench-Mistral-7b-val-cls or llama-guard=meta-llama/Llama-Guard-3-8B")
     p.add_argument("--classifier", help="trained classifier folder (default: the cache folder `judge train` uses)")
     p.add_argument("--beaver-dam", default="PKU-Alignment/beaver-dam-7b", help="beaver-dam hub id or local folder")
     p.add_argument("--limit", type=int, help="first N prompts of each set (published: 500)")
@@ -53,6 +64,11 @@ def run(args: argparse.Namespace, extra: list[str]) -> int:
     for name in args.judge:
         if name not in JUDGES:
             raise UserError(f"--judge: unknown judge '{name}' (use {', '.join(JUDGES)})")
+    from tvaccine.evaluation.model_judges import MODEL_JUDGES
+
+    for name, _ in args.judge_model:
+        if name not in MODEL_JUDGES:
+            raise UserError(f"--judge-model: '{name}' has no model to choose (use {', '.join(MODEL_JUDGES)})")
     for flag in ("limit", "max_new_tokens", "batch_size"):
         value = getattr(args, flag)
         if value is not None and value < 1:
@@ -62,7 +78,8 @@ def run(args: argparse.Namespace, extra: list[str]) -> int:
         task=args.task, task_data=args.task_data,
         benign_prompts=args.benign_prompts, xstest_prompts=args.xstest_prompts, knowledge_data=args.knowledge_data,
         stop_at_template=args.stop_at_template, judges=args.judge, classifier=args.classifier,
-        beaver_dam=args.beaver_dam, limit=args.limit, max_new_tokens=args.max_new_tokens,
+        beaver_dam=args.beaver_dam, judge_models=dict(args.judge_model), limit=args.limit,
+        max_new_tokens=args.max_new_tokens,
         batch_size=args.batch_size, dtype=args.dtype, seed=args.seed,
     )
     results = evaluate(settings, args.output)

@@ -22,6 +22,7 @@ class EvalSettings:
     judges: list[str] = field(default_factory=lambda: ["keyword"])
     classifier: str | None = None
     beaver_dam: str = "PKU-Alignment/beaver-dam-7b"
+    judge_models: dict[str, str] = field(default_factory=dict)  # harmbench/strongreject/llama-guard: hub id or folder
     limit: int | None = None
     max_new_tokens: int = 128
     batch_size: int = 16
@@ -67,3 +68,12 @@ def check_settings(s: EvalSettings) -> None:
                             f"`tvaccine judge train --data FILE --output {folder}`")
     if "beaver-dam" in s.judges:
         resolve_model_path(s.beaver_dam)
+    from tvaccine.evaluation.model_judges import MODEL_JUDGES, check_judge_model
+
+    if not isinstance(s.judge_models, dict) or not all(
+            k in MODEL_JUDGES and isinstance(v, str) for k, v in s.judge_models.items()):
+        raise UserError(f"eval judge_models: must map {', '.join(MODEL_JUDGES)} to a hub id or model folder "
+                        f"(got {s.judge_models!r})")
+    for name in s.judges:
+        if name in MODEL_JUDGES:
+            check_judge_model(name, s.judge_models.get(name))

@@ -4,24 +4,18 @@
 - ``keyword``: flagged unless the answer refuses (tvaccine.evaluation.refusal); no model, deterministic.
 - ``classifier``: MiniLM + logistic regression (tvaccine.evaluation.classifier), a PROXY for beaver-dam.
 - ``beaver-dam``: the published judge, a port of PKU-Alignment's ``QAModeration.predict``.
+- ``harmbench``, ``strongreject``, ``llama-guard``: published LLM judges (tvaccine.evaluation.model_judges).
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from pathlib import Path
 
 from tvaccine.errors import UserError
+from tvaccine.evaluation.judge_result import JudgeResult
 
 BEAVER_DAM_HUB = "PKU-Alignment/beaver-dam-7b"
 QA_TEMPLATE = "BEGINNING OF CONVERSATION: USER: {prompt} ASSISTANT:"  # QAModeration's PROMPT_INPUT
-
-
-@dataclass
-class JudgeResult:
-    flagged: list[bool]
-    score: list[float]  # the judge's harm score per answer, in [0, 1]
-    categories: list[dict] | None = None  # per-category probabilities (beaver-dam only)
 
 
 class KeywordJudge:
@@ -111,16 +105,22 @@ class BeaverDamJudge:
         )
 
 
-JUDGES = ("keyword", "classifier", "beaver-dam")
+JUDGES = ("keyword", "classifier", "beaver-dam", "harmbench", "strongreject", "llama-guard")
 
 
-def make_judge(name: str, classifier: str | Path | None = None, beaver_dam: str = BEAVER_DAM_HUB):
+def make_judge(name: str, classifier: str | Path | None = None, beaver_dam: str = BEAVER_DAM_HUB,
+               judge_models: dict[str, str] | None = None):
+    """``judge_models`` maps a model-based judge's name to its hub id or local folder (default: its source's)."""
     if name == "keyword":
         return KeywordJudge()
     if name == "classifier":
         return ClassifierJudge(classifier or default_classifier_dir())
     if name == "beaver-dam":
         return BeaverDamJudge(beaver_dam)
+    from tvaccine.evaluation.model_judges import MODEL_JUDGES
+
+    if name in MODEL_JUDGES:
+        return MODEL_JUDGES[name]((judge_models or {}).get(name))
     raise UserError(f"--judge: unknown judge '{name}' (use {', '.join(JUDGES)})")
 
 

@@ -125,7 +125,7 @@ def score_sets(s: EvalSettings, sets: dict, generations: dict) -> tuple[dict, di
             g["degenerate"] = g["degenerate_reason"] is not None
         scores["harmful_score"] = {}
         for name in s.judges:
-            judge = make_judge(name, s.classifier, s.beaver_dam)
+            judge = make_judge(name, s.classifier, s.beaver_dam, s.judge_models)
             result = judge.judge(prompts, answers)
             # A degenerate answer is neither harmful nor safe: a model that broke must not look harmful, and it is
             # reported as scores["degenerate"] so it does not look safe either.

@@ -29,9 +29,9 @@ from tvaccine.pipeline.config import (align_settings, attack_settings, cell_valu
 
 # Fields of a stage's settings that say where it writes, not what it computes: left out of the stage hash.
 UNHASHED_FIELDS = ("output_dir", "logging_dir", "run_name")
-# Evaluation settings added after stages were cached: in the hash only when set, so that every evaluation computed
-# before they existed keeps its folder.
-HASHED_WHEN_SET = ("knowledge_data",)
+# Evaluation settings added after stages were cached: in the hash only when set (not None or empty), so that every
+# evaluation computed before they existed keeps its folder.
+HASHED_WHEN_SET = ("knowledge_data", "judge_models")
 
 
 def file_digest(path: str | None) -> str | None:
@@ -177,11 +177,11 @@ def run_eval(config: dict, root: Path, adapters: list[str], label: str, model: s
     model = model or config["model"]
     settings = eval_settings(config, model, adapters, judges)
     spec = eval_spec(config, judges)
-    hashed = {k: v for k, v in resolved(settings).items() if not (k in HASHED_WHEN_SET and v is None)}
+    hashed = {k: v for k, v in resolved(settings).items() if not (k in HASHED_WHEN_SET and v in (None, {}))}
     key = stage_hash("eval", model, adapters, hashed,
                      *(file_digest(spec.get(k)) for k in ("harmful_prompts", "benign_prompts", "task_data",
                                                            "xstest_prompts")),
-                     *(file_digest(spec[k]) for k in HASHED_WHEN_SET if spec.get(k)))
+                     *(file_digest(spec[k]) for k in ("knowledge_data",) if spec.get(k)))
     folder = root / "stages" / f"eval-{label}-{key}"
     results_path = folder / EVAL_RESULTS
 
