@@ -22,12 +22,13 @@ import json
 from pathlib import Path
 
 from tvaccine.io import atomic_write_csv
+from tvaccine.pipeline.summary import HS_COLUMNS
 
 REFERENCE = "sft"  # the baseline every difference is taken against
-JUDGES = ("keyword", "classifier", "beaver-dam")
+JUDGES = tuple(HS_COLUMNS)
 CURVE_COLUMNS = ["cell", "method", "variant", "seed", "poison_ratio", "attack_lr", "attack_step", "aligned",
-                 "hs_keyword", "hs_classifier", "hs_beaver_dam", "ci_low", "ci_high", "degenerate", "over_refusal",
-                 "over_refusal_xstest", "fa", "fa_majority", "n_prompts", "eval_dir"]
+                 *HS_COLUMNS.values(), "ci_low", "ci_high", "degenerate", "over_refusal", "over_refusal_xstest", "fa",
+                 "fa_majority", "n_prompts", "eval_dir"]
 AGGREGATE_COLUMNS = ["method", "variant", "poison_ratio", "attack_lr", "setting", "attack_step", "judge", "hs",
                      "ci_low", "ci_high", "n_seeds", "n_prompts", "excluded_seeds", "degenerate", "over_refusal",
                      "fa", "fa_majority"]
