@@ -5,6 +5,7 @@ import json
 from pathlib import Path
 
 import pytest
+from conftest import write_jsonl
 
 from tvaccine.cli import main
 
@@ -89,3 +90,17 @@ def test_method_terms_reach_tensorboard(method, prefix, tiny_model_dir, align_fi
         logged = tags[f"train/{term}"]
         assert [s for s, _ in logged][:len(expected)] == [s for s, _ in expected]
         assert [v for _, v in logged][:len(expected)] == pytest.approx([v for _, v in expected], rel=1e-5)
+
+
+def test_attack_cli_reports_loss_and_lisa_phase(tiny_model_dir, align_files, tmp_path):
+    align_file, _ = align_files
+    data = write_jsonl(tmp_path / "attack.jsonl", [{"instruction": f"Q {i}?", "output": f"A {i}."} for i in range(4)])
+    out = tmp_path / "attack"
+    assert main(["attack", "--model", str(tiny_model_dir), "--data", str(data), "--output", str(out),
+                 "--max-steps", "3", *TRAIN_ARGS, "--defense", "lisa", "--lisa-alignment-steps", "1",
+                 "--lisa-finetune-steps", "1", "--alignment-data", str(align_file), "--report-to", "tensorboard"]) == 0
+    tags = scalars(out / "runs")
+    assert [s for s, _ in tags["train/loss"]] == [1, 2, 3]
+    assert tags["train/lisa/alignment_phase"] == [(0, 1.0), (1, 0.0), (2, 1.0)]
+    history = json.loads((out / "log_history.json").read_text())
+    assert [h["lisa/phase"] for h in history if "lisa/phase" in h] == ["alignment", "finetune", "alignment"]
