@@ -104,3 +104,62 @@ def test_attack_cli_reports_loss_and_lisa_phase(tiny_model_dir, align_files, tmp
     assert tags["train/lisa/alignment_phase"] == [(0, 1.0), (1, 0.0), (2, 1.0)]
     history = json.loads((out / "log_history.json").read_text())
     assert [h["lisa/phase"] for h in history if "lisa/phase" in h] == ["alignment", "finetune", "alignment"]
+
+
+def test_pipeline_names_runs_after_the_cell_and_keeps_stage_folders(tmp_path, monkeypatch):
+    import tvaccine.align.run
+    import tvaccine.attack.run
+    from tvaccine.pipeline import run_align, run_attack
+
+    names = []
+
+    class Run:
+        summary = {"steps": 1, "mode": "fresh", "defense": "none"}
+
+    def fake_align(method, model, data, folder, cfg, **kw):
+        names.append(cfg.run_name)
+        return {"steps": 1, "s_per_step": 0.0}
+
+    def fake_attack(model, folder, cfg, **kw):
+        names.append(cfg.run_name)
+        return Run()
+
+    monkeypatch.setattr(tvaccine.align.run, "align", fake_align)
+    monkeypatch.setattr(tvaccine.attack.run, "attack", fake_attack)
+    monkeypatch.setattr(tvaccine.align.run.AlignedAdapter, "is_finished", staticmethod(lambda folder: False))
+
+    def stages(cell=None, **settings):
+        config = {"model": "m", "output": str(tmp_path / "out"),
+                  "align": {"method": "tvaccine", "data": "a.jsonl", "harmful_data": "h.jsonl",
+                            "settings": dict(settings)},
+                  "attack": {"data": "d.jsonl", "settings": dict(settings)}}
+        aligned = run_align(config, tmp_path, cell=cell)
+        attacked = run_attack(config, tmp_path, aligned, cell=cell)
+        return Path(aligned["dir"]).name, Path(attacked["dir"]).name
+
+    plain = stages()
+    assert names[-2:] == ["tvaccine-align", "tvaccine-attack"]  # a single run: the method
+    assert stages("method=tvaccine-rho=2") == plain  # the run name is not in the stage hash
+    assert names[-2:] == ["method=tvaccine-rho=2-align", "method=tvaccine-rho=2-attack"]
+    assert stages("c", run_name="mine") == plain  # a name the settings give wins, and is not hashed either
+    assert names[-2:] == ["mine", "mine"]
+    # report_to is hashed, as before: a stage asked for with tracking is trained again, not reused without events
+    assert stages("c", report_to="tensorboard") != plain
+
+
+def test_pipeline_settings_report_to_tensorboard_under_the_cell_name(tiny_model_dir, align_files, tmp_path):
+    from tvaccine.pipeline import run_align, run_attack
+
+    align_file, probe = align_files
+    data = write_jsonl(tmp_path / "attack.jsonl", [{"instruction": f"Q {i}?", "output": f"A {i}."} for i in range(4)])
+    train = {"max_steps": 2, "per_device_train_batch_size": 2, "max_length": 64, "use_cpu": True,
+             "disable_tqdm": True, "report_to": "tensorboard"}
+    config = {"model": str(tiny_model_dir), "output": str(tmp_path / "out"), "seed": 0,
+              "align": {"method": "tvaccine", "data": str(align_file), "harmful_data": str(probe),
+                        "settings": {**train, "num_active_layers": 2}},
+              "attack": {"data": str(data), "settings": train}}
+    aligned = run_align(config, tmp_path / "out", cell="method=tvaccine")
+    attacked = run_attack(config, tmp_path / "out", aligned, cell="method=tvaccine")
+    align_tags = scalars(Path(aligned["dir"]) / "runs" / "method=tvaccine-align")
+    assert "train/tvaccine/layer_prob/0" in align_tags and "train/tvaccine/active/3" in align_tags
+    assert [s for s, _ in scalars(Path(attacked["dir"]) / "runs" / "method=tvaccine-attack")["train/loss"]] == [1, 2]

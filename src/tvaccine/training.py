@@ -84,7 +84,7 @@ def report_scalars(trainer, scalars: dict[str, float]) -> None:
     kinds = tuple(get_reporting_integration_callbacks(trainer.args.report_to))
     for callback in trainer.callback_handler.callbacks:
         if isinstance(callback, kinds):
-            callback.on_log(trainer.args, trainer.state, trainer.control, logs=dict(scalars))
+            callback.on_log(trainer.args, trainer.state, trainer.control, model=trainer.model, logs=dict(scalars))
 
 
 def mean_train_loss(trainer, result) -> float:
