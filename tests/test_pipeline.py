@@ -135,6 +135,11 @@ def test_sweep_shares_alignment_and_report_renders(tiny_model_dir, pack, tmp_pat
     assert rows[0]["align_dir"] == rows[1]["align_dir"]  # one alignment for both cells
     assert rows[0]["attack_dir"] != rows[1]["attack_dir"]
     assert len(list((tmp_path / "sweep" / "stages").glob("align-*"))) == 1
+    # the training runs are named after the cell (report_to's run name); the shared alignment after the first cell
+    run_names = [json.loads((Path(rows[i][f"{s}_dir"]) / f).read_text())["config"]["run_name"]
+                 for i, s, f in [(0, "align", "tvaccine_config.json"), (0, "attack", "tvaccine_attack.json"),
+                                 (1, "attack", "tvaccine_attack.json")]]
+    assert run_names == ["poison_ratio=0.25-align", "poison_ratio=0.25-attack", "poison_ratio=0.5-attack"]
     html = (tmp_path / "sweep" / "report.html").read_text()
     assert html.count("data:image/png;base64,") >= 2  # scores-vs-p and the layer heat map
     md = (tmp_path / "sweep" / "report.md").read_text()

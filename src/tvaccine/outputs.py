@@ -26,6 +26,7 @@ ATTACK_SET = "attack_set.jsonl"
 EVAL_RESULTS = "results.json"
 TRAIN_RESULTS = "train_results.json"
 LOG_HISTORY = "log_history.json"
+TENSORBOARD_DIR = "runs"  # a training stage's TensorBoard event files (report_to: tensorboard), per run name
 
 
 def is_adapter_folder(folder: str | Path) -> bool:

@@ -7,6 +7,8 @@ import json
 import time
 from pathlib import Path
 
+from tvaccine.outputs import TENSORBOARD_DIR
+
 # The Trainer writes a checkpoint's files one after another and trainer_state.json last: a checkpoint folder
 # without a readable one was cut off while saving (a kill, a full disk) and cannot be resumed from.
 TRAINER_STATE = "trainer_state.json"
@@ -44,15 +46,45 @@ def last_complete_checkpoint(folder: str | Path) -> str | None:
     return None
 
 
-def train_resumable(trainer):
+def train_resumable(trainer, stage: str | Path | None = None):
     """Train from the last complete checkpoint in ``trainer.args.output_dir`` if there is one; returns
-    (result, wall s)."""
+    (result, wall s). With ``report_to: tensorboard`` the event files go into ``stage/runs/<run_name>`` (``stage``:
+    the stage's output folder; ``stage/runs`` without a run name). transformers 5 has no ``logging_dir`` setting;
+    ``TENSORBOARD_LOGGING_DIR`` still wins."""
+    if stage is not None:
+        _set_tensorboard_dir(trainer, Path(stage) / TENSORBOARD_DIR)
     last = last_complete_checkpoint(trainer.args.output_dir)
     if last and trainer.is_world_process_zero():
         print(f"resuming from {last}")
     start = time.perf_counter()
     result = trainer.train(resume_from_checkpoint=last)
     return result, time.perf_counter() - start
+
+
+def _set_tensorboard_dir(trainer, folder: Path) -> None:
+    from transformers.integrations import TensorBoardCallback
+
+    name = trainer.args.run_name
+    if name:
+        folder = folder / str(name).replace("/", "_").replace("\\", "_")
+    for callback in trainer.callback_handler.callbacks:
+        if isinstance(callback, TensorBoardCallback) and callback.logging_dir is None:
+            callback.logging_dir = str(folder)
+
+
+def report_scalars(trainer, scalars: dict[str, float]) -> None:
+    """Send ``scalars`` to the reporting integrations only (``report_to``: TensorBoard, W&B, ...), at the current
+    optimizer step, as ``Trainer.log`` would, but without an entry in ``log_history`` (and without printing them).
+    For values a trainer keeps in ``log_history`` in another shape (T-Vaccine's lists of layer probabilities),
+    which the integrations cannot plot."""
+    if not trainer.args.report_to:
+        return
+    from transformers.integrations import get_reporting_integration_callbacks
+
+    kinds = tuple(get_reporting_integration_callbacks(trainer.args.report_to))
+    for callback in trainer.callback_handler.callbacks:
+        if isinstance(callback, kinds):
+            callback.on_log(trainer.args, trainer.state, trainer.control, model=trainer.model, logs=dict(scalars))
 
 
 def mean_train_loss(trainer, result) -> float:

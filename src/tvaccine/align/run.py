@@ -107,7 +107,7 @@ def align(method: str, model: str, data: str, output: str, config, harmful_data:
     peft_model = add_lora(base, config.lora_r, config.lora_alpha, config.lora_dropout, config.lora_target_modules)
     trainer = trainer_cls(model=peft_model, args=config, callbacks=callbacks, **inputs)
     train_rows = inputs["train_dataset"]
-    result, wall = train_resumable(trainer)
+    result, wall = train_resumable(trainer, stage=output)
 
     is_main = save_trained(trainer, output)
     # attack_mode: how the method's threat model has the attacker meet the adapter (`tvaccine attack` defaults to it)

@@ -25,6 +25,7 @@ from transformers import Trainer
 
 from tvaccine.errors import UserError
 from tvaccine.methods.auxiliary import SeededBatches, SideTerm, load_state, save_state
+from tvaccine.training import report_scalars
 
 STATE_FILE = "lisa_state.json"
 ANCHOR_FILE = "lisa_anchor.safetensors"
@@ -69,6 +70,7 @@ class LisaTrainer(SideTerm, Trainer):
             self.anchor = [p.detach().clone() for _, p in self._trainable]
             self.anchor_step = step
             self.state.log_history.append({"step": step, "lisa/phase": phase})
+            report_scalars(self, {"lisa/alignment_phase": float(phase == ALIGNMENT)})  # a scalar for the integrations
         if phase == ALIGNMENT:
             inputs = self.data_collator(self.alignment_batches.next_rows())
             # the Trainer counted the user's tokens; this batch is another, so its loss is a plain mean

@@ -135,7 +135,7 @@ def attack(model: str, output: str | Path, config: AttackConfig, aligned: str | 
     net = prepare_model(model_obj if model_obj is not None else load_model(model, dtype), config, aligned, data.task)
     output.mkdir(parents=True, exist_ok=True)
     trainer = _trainer(net, config, enc.rows, tokenizer, alignment_rows)
-    result, wall = train_resumable(trainer)
+    result, wall = train_resumable(trainer, stage=output)
 
     is_main = save_trained(trainer, output)
     if config.mode == "full" and is_main:

@@ -22,6 +22,7 @@ from tvaccine.layers import unwrap
 from tvaccine.methods.auxiliary import SeededBatches, load_state, save_state, torch_order
 from tvaccine.methods.vaccine import VaccineConfig, VaccineTrainer
 from tvaccine.perturb import capture_outputs, frozen
+from tvaccine.training import report_scalars
 
 SCHEDULE_FILE = "tvaccine_schedule.json"
 # The authors keep layer i-1 un-checkpointed next to each sampled layer i, but only in models deeper than this.
@@ -175,6 +176,7 @@ class TVaccineTrainer(VaccineTrainer):
             if s.probs is None or step % a.importance_update_steps == 0:
                 s.probs = self._from_main_process(self.layer_importance(model)).tolist()
                 self.state.log_history.append({"step": step, "tvaccine/layer_probs": s.probs})
+                report_scalars(self, {f"tvaccine/layer_prob/{i}": p for i, p in enumerate(s.probs)})
             if s.active is None or step % a.layer_resample_steps == 0:
                 probs = torch.tensor(s.probs)
                 if a.layer_sampling == "topk":
@@ -182,6 +184,10 @@ class TVaccineTrainer(VaccineTrainer):
                 else:
                     s.active = sample_layers(probs, a.num_active_layers, s.generator)
                 self.state.log_history.append({"step": step, "tvaccine/active_layers": s.active})
+                # the lists above stay as they are in log_history.json (the report reads them); the integrations
+                # plot scalars only: one per layer, 1 where the layer was drawn
+                drawn = set(s.active)
+                report_scalars(self, {f"tvaccine/active/{i}": float(i in drawn) for i in range(len(self.decoder))})
             s.step = step
         self._activate(s.active)
 

@@ -102,8 +102,9 @@ def _stage_record(folder: Path) -> dict:
     return json.loads(path.read_text(encoding="utf-8")) if path.is_file() else {}
 
 
-def run_align(config: dict, root: Path, timing: LockTiming | None = None) -> dict | None:
-    """The alignment stage, or None for the no-defense row; an existing adapter can be given as align.adapter."""
+def run_align(config: dict, root: Path, timing: LockTiming | None = None, cell: str | None = None) -> dict | None:
+    """The alignment stage, or None for the no-defense row; an existing adapter can be given as align.adapter.
+    ``cell``: the sweep cell's name, for the run name the tracking integrations show (``report_to``)."""
     spec = config.get("align") or {}
     method = spec.get("method", "none")
     if spec.get("adapter"):
@@ -114,6 +115,7 @@ def run_align(config: dict, root: Path, timing: LockTiming | None = None) -> dic
 
     harmful = spec.get("harmful_data", spec.get("probe_data"))  # probe_data: the older name
     folder, cfg = align_stage(config, root)
+    name_run(cfg, config, cell, "align")
 
     def work() -> dict:
         summary = align(method, config["model"], spec["data"], str(folder), cfg, harmful_data=harmful,
@@ -138,7 +140,8 @@ def align_stage(config: dict, root: Path) -> tuple[Path, Any]:
     return root / "stages" / f"align-{method}-{key}", cfg
 
 
-def run_attack(config: dict, root: Path, aligned: dict | None, timing: LockTiming | None = None) -> dict | None:
+def run_attack(config: dict, root: Path, aligned: dict | None, timing: LockTiming | None = None,
+               cell: str | None = None) -> dict | None:
     spec = config.get("attack")
     if not spec:
         return None
@@ -157,6 +160,7 @@ def run_attack(config: dict, root: Path, aligned: dict | None, timing: LockTimin
     key = stage_hash("attack", config["model"], aligned_dir, resolved(cfg), spec.get("task"),
                      *(file_digest(spec.get(k)) for k in ("data", "harmful", "task_data")), *defense_inputs)
     folder = root / "stages" / f"attack-{key}"
+    name_run(cfg, config, cell, "attack")
 
     def work() -> dict:
         data = AttackData(task=spec.get("task"), data=spec.get("data"), harmful=spec.get("harmful"),
@@ -167,6 +171,15 @@ def run_attack(config: dict, root: Path, aligned: dict | None, timing: LockTimin
 
     compute_stage(folder, lambda: AttackOutput.is_finished(folder), work, timing)
     return {"dir": str(folder), **_stage_record(folder)}
+
+
+def name_run(cfg, config: dict, cell: str | None, stage: str) -> None:
+    """The Trainer's ``run_name`` (the name W&B and the other integrations show; TensorBoard's event files go into
+    ``<stage folder>/runs/<run_name>``): ``<cell>-<stage>``, the cell being the sweep cell's name or, in a single
+    run, the method (or variant). Unless the settings name the run. Not in the stage hash (UNHASHED_FIELDS): a stage
+    shared by several cells carries the name of the cell that computed it."""
+    if cfg.run_name is None:
+        cfg.run_name = f"{cell or cell_values(config)['variant']}-{stage}"
 
 
 def run_eval(config: dict, root: Path, adapters: list[str], label: str, model: str | None = None,
@@ -193,11 +206,11 @@ def run_eval(config: dict, root: Path, adapters: list[str], label: str, model: s
             "results": json.loads(results_path.read_text(encoding="utf-8"))}
 
 
-def run(config: dict, echo=print, timing: LockTiming | None = None) -> dict:
+def run(config: dict, echo=print, timing: LockTiming | None = None, cell: str | None = None) -> dict:
     """One align → attack → evaluate run; writes and returns ``OUTPUT/results.json``. ``timing``: of the stage
-    locks (tvaccine.locks)."""
+    locks (tvaccine.locks); ``cell``: the sweep cell's name (the training runs' names start with it)."""
     root = Path(config["output"])  # created by the first stage that writes: a bad input leaves no folder
-    aligned = run_align(config, root, timing)
+    aligned = run_align(config, root, timing, cell)
     aligned_dir = aligned["dir"] if aligned else None
     adapters = [aligned_dir] if aligned else []
     eval_section = config.get("eval") or {}
@@ -205,7 +218,7 @@ def run(config: dict, echo=print, timing: LockTiming | None = None) -> dict:
     before = None
     if eval_section.get("before_attack", False) or 0 in steps:
         before = run_eval(config, root, adapters, "aligned", timing=timing)
-    attacked = run_attack(config, root, aligned, timing)
+    attacked = run_attack(config, root, aligned, timing, cell)
     curve = []
     if attacked:
         done = AttackOutput.read(attacked["dir"])

@@ -67,7 +67,7 @@ def run_sweep(sweep: dict, where: str, echo=print, shard: tuple[int, int] | None
                  f"recomputing (stages whose settings did not change are reused)")
         else:
             echo(f"[{i + 1}/{len(cells)}] {name}")
-        atomic_write_json(results_path, {**run(cfg, echo, timing), "cell_key": keys[name]})
+        atomic_write_json(results_path, {**run(cfg, echo, timing, cell=name), "cell_key": keys[name]})
         write_sweep_summary(root, cells, timing, keys=keys)  # after every cell: an interrupted sweep keeps its rows
     return write_sweep_summary(root, cells, timing, analysis=True, on_complete=on_complete, keys=keys)
 
