@@ -69,6 +69,13 @@ def write_jsonl(path: Path, rows: list[dict]) -> Path:
     return path
 
 
+def attack_sources(folder: Path) -> tuple[Path, Path]:
+    """A harmful file (5 prompt/response rows) and an SST-2 task file (20 balanced rows) to build attack sets from."""
+    harmful = write_jsonl(folder / "harmful.jsonl", [{"prompt": f"bad {i}", "response": f"r {i}"} for i in range(5)])
+    task = write_jsonl(folder / "sst2.jsonl", [{"sentence": f"s {i}", "label": i % 2} for i in range(20)])
+    return harmful, task
+
+
 @pytest.fixture(scope="session")
 def tiny_model_dir(tmp_path_factory) -> Path:
     """A tiny random Llama with a small byte-level BPE tokenizer, saved as a local model folder."""

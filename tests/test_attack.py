@@ -7,6 +7,7 @@ import json
 import pytest
 import torch
 
+from conftest import attack_sources
 from tvaccine.attack import AttackConfig, AttackData, attack, load_attacked
 from tvaccine.cli import main
 from tvaccine.errors import UserError
@@ -144,10 +145,7 @@ def test_config_validation_and_task_alpha():
 
 
 def test_cli_builds_the_set_resumes_and_reports_errors(tiny_model_dir, tmp_path, capsys):
-    harmful = tmp_path / "harmful.jsonl"
-    harmful.write_text("".join(json.dumps({"prompt": f"bad {i}", "response": f"r {i}"}) + "\n" for i in range(5)))
-    task = tmp_path / "sst2.jsonl"
-    task.write_text("".join(json.dumps({"sentence": f"s {i}", "label": i % 2}) + "\n" for i in range(20)))
+    harmful, task = attack_sources(tmp_path)
     out = tmp_path / "out"
     argv = ["attack", "--model", str(tiny_model_dir), "--task", "sst2", "--harmful", str(harmful),
             "--task-data", str(task), "--output", str(out), "--poison-ratio", "0.2", "--sample-num", "10",

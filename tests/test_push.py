@@ -1,10 +1,10 @@
 """--push-to-hub: checked before training, the finished folder with its model card uploaded once (tested up to the
 hub call, with huggingface_hub's two calls replaced), and one clear line when the hub is out of reach."""
 
-import json
 
 import pytest
 
+from conftest import attack_sources
 from tvaccine.cli import main
 
 
@@ -61,10 +61,7 @@ def test_an_alignment_is_pushed_once_finished_with_its_card(tiny_model_dir, alig
 
 
 def test_the_attack_card_says_what_the_model_is(tiny_model_dir, tmp_path, hub):
-    harmful = tmp_path / "harmful.jsonl"
-    harmful.write_text("".join(json.dumps({"prompt": f"bad {i}", "response": f"r {i}"}) + "\n" for i in range(5)))
-    task = tmp_path / "sst2.jsonl"
-    task.write_text("".join(json.dumps({"sentence": f"s {i}", "label": i % 2}) + "\n" for i in range(20)))
+    harmful, task = attack_sources(tmp_path)
     out = tmp_path / "attack"
     assert main(["attack", "--model", str(tiny_model_dir), "--task", "sst2", "--harmful", str(harmful),
                  "--task-data", str(task), "--output", str(out), "--poison-ratio", "0.2", "--sample-num", "10",
