@@ -1,7 +1,6 @@
 """--push-to-hub: checked before training, the finished folder with its model card uploaded once (tested up to the
 hub call, with huggingface_hub's two calls replaced), and one clear line when the hub is out of reach."""
 
-
 import pytest
 
 from conftest import attack_sources
