@@ -81,6 +81,18 @@ def test_evaluate_writes_the_knowledge_score_and_benign_length(tiny_model_dir, t
         evaluate(EvalSettings(model=str(tiny_model_dir), knowledge_data=str(bad)), tmp_path / "bad")
 
 
+def test_a_run_config_with_a_bad_knowledge_file_fails_before_any_stage(tiny_model_dir, tmp_path):
+    from tvaccine.pipeline import check_run_config
+
+    bad = tmp_path / "mmlu.jsonl"
+    bad.write_text(json.dumps({"question": "q", "choices": ["a", "b"], "answer": "Z"}) + "\n")
+    config = {"model": str(tiny_model_dir), "output": str(tmp_path / "out"),
+              "eval": {"knowledge_data": str(bad), "judges": ["keyword"]}}
+    with pytest.raises(UserError, match="mmlu.jsonl.*field 'answer'"):
+        check_run_config(config, "run.yaml")
+    assert not (tmp_path / "out").exists()
+
+
 def test_mean_interval_brackets_the_mean():
     r = mean_interval([1, 2, 3, 4, 100])
     assert r["mean"] == 22.0 and r["ci95"][0] < 22.0 < r["ci95"][1] and r["n"] == 5

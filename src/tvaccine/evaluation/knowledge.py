@@ -79,6 +79,7 @@ def answer_letters(model, tokenizer, rows: list[dict], batch_size: int = 16) -> 
     import torch
 
     device = next(model.parameters()).device
+    letters = letter_token_ids(tokenizer, max(len(r["choices"]) for r in rows))
     side, tokenizer.padding_side = tokenizer.padding_side, "left"  # the last position is every row's next token
     chosen = []
     try:
@@ -88,8 +89,7 @@ def answer_letters(model, tokenizer, rows: list[dict], batch_size: int = 16) -> 
             with torch.no_grad():
                 last = model(**enc).logits[:, -1, :]
             for row, logits in zip(batch, last):
-                ids = letter_token_ids(tokenizer, len(row["choices"]))
-                chosen.append(int(torch.argmax(logits[ids])))
+                chosen.append(int(torch.argmax(logits[letters[:len(row["choices"])]])))
     finally:
         tokenizer.padding_side = side
     return chosen

@@ -18,10 +18,13 @@ from tvaccine.errors import UserError
 from tvaccine.evaluation.config import EvalSettings, check_settings
 
 
-def check_inputs(s: EvalSettings) -> dict[str, list[dict]]:
-    """The settings, then every prompt set read in full (returned), before a model loads."""
+def check_inputs(s: EvalSettings) -> tuple[dict[str, list[dict]], list[dict] | None]:
+    """The settings, then every prompt set and the knowledge questions read in full (returned), before a model
+    loads: a pipeline's pre-flight calls this too, so a bad file fails before any training."""
+    from tvaccine.evaluation.knowledge import read_questions
+
     check_settings(s)
-    return prompt_sets(s)
+    return prompt_sets(s), read_questions(s.knowledge_data, s.limit) if s.knowledge_data else None
 
 
 def prompt_sets(s: EvalSettings) -> dict[str, list[dict]]:
@@ -53,13 +56,12 @@ def prompt_sets(s: EvalSettings) -> dict[str, list[dict]]:
 
 def evaluate(s: EvalSettings, output: str | Path, progress: bool = True) -> dict:
     from tvaccine.evaluation.generate import generate_to_file, load_for_generation
-    from tvaccine.evaluation.knowledge import answer_letters, knowledge_score, read_questions
+    from tvaccine.evaluation.knowledge import answer_letters, knowledge_score
     from tvaccine.io import atomic_write_json, package_versions, write_jsonl
 
     start = time.perf_counter()
     out = Path(output)
-    sets = check_inputs(s)  # read (and validate) every input before the slow part
-    questions = read_questions(s.knowledge_data, s.limit) if s.knowledge_data else None
+    sets, questions = check_inputs(s)  # read (and validate) every input before the slow part
     model, tokenizer = load_for_generation(s.model, s.adapters, s.dtype)
     generations, gen_stats = {}, {}
     for name, rows in sets.items():
