@@ -31,6 +31,18 @@ class AttackData:
         self.task = self.task.lower().replace("_", "") if self.task else None
 
 
+def build_attack_set(config, data: AttackData, read):
+    """The task rows of ``data.task`` mixed with a share ``config.poison_ratio`` of harmful rows, ``config.sample_num``
+    in all; ``read(ref, view)`` reads each source (``load_source``, or the pipeline's cached reader)."""
+    from tvaccine.data.sets import attack_set
+    from tvaccine.data.tasks import get_task
+
+    task = get_task(data.task)
+    return attack_set(read(data.harmful or BEAVERTAILS_TRAIN, "harmful"),
+                      read(data.task_data or f"{task.hub_id}:{task.train_split}", f"task:{task.name}"),
+                      config.poison_ratio, config.sample_num, config.seed)
+
+
 def build_attack_rows(output: Path, config, data: AttackData, aligned: str | None, encode) -> tuple[object, dict]:
     """The encoded attack rows and a description of where they came from; a built set is written with its manifest.
 
@@ -39,9 +51,9 @@ def build_attack_rows(output: Path, config, data: AttackData, aligned: str | Non
     """
     from tvaccine.data.files import file_sha256
     from tvaccine.data.overlap import check_disjoint, file_prompts, write_checked
-    from tvaccine.data.sets import attack_set, manifest_path, manifest_summary
+    from tvaccine.data.sets import manifest_path, manifest_summary
     from tvaccine.data.sources import load_instruction_file, load_source
-    from tvaccine.data.tasks import TASKS, get_task
+    from tvaccine.data.tasks import TASKS
 
     recorded = AlignedAdapter.read_if_recorded(aligned)
     others = list(data.disjoint_from) + (recorded.data_files() if recorded else [])
@@ -57,10 +69,7 @@ def build_attack_rows(output: Path, config, data: AttackData, aligned: str | Non
     if data.task is None:
         raise UserError(f"--task: name the task ({', '.join(TASKS)}) or pass a ready attack set with --data")
 
-    spec = get_task(data.task)
-    dataset = attack_set(load_source(data.harmful or BEAVERTAILS_TRAIN, "harmful"),
-                         load_source(data.task_data or f"{spec.hub_id}:{spec.train_split}", f"task:{spec.name}"),
-                         config.poison_ratio, config.sample_num, config.seed)
+    dataset = build_attack_set(config, data, load_source)
     rows = encode(dataset.records, str(output / ATTACK_SET))
     manifest = write_checked(dataset, str(output / ATTACK_SET), others, data.strict_disjoint)
     print(manifest_summary(output / ATTACK_SET, manifest))

@@ -25,7 +25,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from tvaccine.attack.config import AttackConfig
-from tvaccine.attack.rows import AttackData, build_attack_rows
+from tvaccine.attack.rows import AttackData, build_attack_rows, build_attack_set
 from tvaccine.errors import UserError
 from tvaccine.io import atomic_write_json, atomic_write_text, package_versions
 from tvaccine.outputs import (ATTACK_SETTINGS, LOG_HISTORY, TRAIN_RESULTS, AlignedAdapter, AttackOutput,
@@ -62,9 +62,7 @@ def check_inputs(config: AttackConfig, data: AttackData, read, aligned: bool, wh
     (the pipeline's pre-flight passes a cached one; the set is built to see that both sources have the rows it
     takes, and not written). ``aligned``: whether an aligned adapter precedes the attack. Messages name the fields
     as ``where.task`` etc."""
-    from tvaccine.attack.rows import BEAVERTAILS_TRAIN
-    from tvaccine.data.sets import attack_set
-    from tvaccine.data.tasks import TASKS, get_task
+    from tvaccine.data.tasks import TASKS
 
     if config.mode == "continue" and not aligned:
         raise UserError(f"{where}.settings.mode continue needs an alignment (align.method or align.adapter)")
@@ -73,10 +71,7 @@ def check_inputs(config: AttackConfig, data: AttackData, read, aligned: bool, wh
     elif not data.task:
         raise UserError(f"{where}.task: name the task ({', '.join(TASKS)}) or give {where}.data")
     else:
-        task = get_task(data.task)
-        attack_set(read(data.harmful or BEAVERTAILS_TRAIN, "harmful"),
-                   read(data.task_data or f"{task.hub_id}:{task.train_split}", f"task:{task.name}"),
-                   config.poison_ratio, config.sample_num, config.seed)
+        build_attack_set(config, data, read)
     if config.defense != "none":
         if not data.alignment_data:
             raise UserError(f"{where}.alignment_data: defense {config.defense} needs the provider's alignment rows")
