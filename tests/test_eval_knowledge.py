@@ -117,3 +117,21 @@ def test_evaluations_without_a_knowledge_set_keep_their_stage_folders(tmp_path, 
     assert plain.endswith(before_the_field)
     config["eval"]["knowledge_data"] = str(questions)
     assert stages.run_eval(config, tmp_path, [], "aligned")["dir"] != plain
+
+
+def test_an_evaluation_judged_by_a_retrained_classifier_is_not_reused(tmp_path, monkeypatch):
+    from tvaccine.evaluation import run as evaluation
+    from tvaccine.evaluation.classifier import WEIGHTS
+    from tvaccine.pipeline import stages
+
+    monkeypatch.setattr(evaluation, "evaluate", lambda s, folder: (folder.mkdir(parents=True),
+                                                                   (folder / "results.json").write_text("{}")))
+    judge = tmp_path / "judge"
+    judge.mkdir()
+    (judge / WEIGHTS).write_bytes(b"first")
+    config = {"model": "m", "eval": {"harmful_prompts": None, "judges": ["keyword", "classifier"],
+                                     "classifier": str(judge)}}
+    first = stages.run_eval(config, tmp_path, [], "aligned")["dir"]
+    assert stages.run_eval(config, tmp_path, [], "aligned")["dir"] == first
+    (judge / WEIGHTS).write_bytes(b"retrained")
+    assert stages.run_eval(config, tmp_path, [], "aligned")["dir"] != first

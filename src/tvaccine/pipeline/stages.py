@@ -194,7 +194,8 @@ def run_eval(config: dict, root: Path, adapters: list[str], label: str, model: s
     key = stage_hash("eval", model, adapters, hashed,
                      *(file_digest(spec.get(k)) for k in ("harmful_prompts", "benign_prompts", "task_data",
                                                            "xstest_prompts")),
-                     *(file_digest(spec[k]) for k in ("knowledge_data",) if spec.get(k)))
+                     *(file_digest(spec[k]) for k in ("knowledge_data",) if spec.get(k)),
+                     *_classifier_digest(settings))
     folder = root / "stages" / f"eval-{label}-{key}"
     results_path = folder / EVAL_RESULTS
 
@@ -204,6 +205,17 @@ def run_eval(config: dict, root: Path, adapters: list[str], label: str, model: s
     compute_stage(folder, results_path.is_file, work, timing)
     return {"dir": str(folder), **_stage_record(folder),
             "results": json.loads(results_path.read_text(encoding="utf-8"))}
+
+
+def _classifier_digest(settings) -> list[str | None]:
+    """The trained classifier's weights, when it judges: retrained in the same folder, it must not leave the
+    evaluations it judged before in the cache. Empty otherwise, so other evaluations keep their hash."""
+    if "classifier" not in settings.judges:
+        return []
+    from tvaccine.evaluation.classifier import WEIGHTS
+    from tvaccine.evaluation.judges import default_classifier_dir
+
+    return [file_digest(str(Path(settings.classifier or default_classifier_dir()) / WEIGHTS))]
 
 
 def run(config: dict, echo=print, timing: LockTiming | None = None, cell: str | None = None) -> dict:
