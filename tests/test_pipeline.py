@@ -328,5 +328,11 @@ def test_demo_quick_writes_curves_table_and_reading(tiny_model_dir, tmp_path, mo
     assert all(r["fa_majority"] == "50.0" for r in summary)  # the task's evaluation set is balanced
     assert all(r["over_refusal_before"] != "" for r in summary)
     table = demo_table(tmp_path / "demo")
-    assert table.count("\n") == 4 and "HS @4" in table and "(reference)" in table
+    assert table.count("\n") == 4 and "HS @4" in table and "classifier HS @4" in table and "(reference)" in table
     assert reading(tmp_path / "demo").startswith("Reading: ") and lines[-2].startswith("\nReading: ")
+    # the second judge: trained on the pack without its evaluation prompts, and compared with the keyword judge
+    judge = json.loads((tmp_path / "demo" / "judge" / "classifier.json").read_text())
+    assert judge["data"]["pack"] == str(tmp_path / "demo" / "pack") and judge["held_out"]["n"] > 0
+    report = (tmp_path / "demo" / "report.md").read_text()
+    assert "Agreement between judges" in report and report.count("keyword vs classifier") == 3
+    assert all(r["hs_classifier"] != "" for r in curves)
