@@ -7,7 +7,8 @@ def register(sub) -> None:
     p = sub.add_parser("demo", help="offline demo: no defense vs SFT vs T-Vaccine, align → attack → evaluate",
                        description="Builds a small data pack from assets shipped in wheels (StrongREJECT prompts, "
                                    "refusals, base-model answers, a generated sentiment task), then compares no "
-                                   "defense, SFT and T-Vaccine through alignment and a harmful fine-tuning attack. "
+                                   "defense, SFT and T-Vaccine through alignment and a harmful fine-tuning attack, "
+                                   "judged by refusal phrases and by a classifier trained on the pack. "
                                    "About 15 minutes on 2 CPU cores; rerunning resumes and skips what is done.")
     p.add_argument("--output", default="runs/demo", help="output folder (default runs/demo)")
     p.add_argument("--model", default="smollm2-135m", help="model (default: the embedded SmolLM2-135M)")
