@@ -161,7 +161,8 @@ def test_harmbench_prompt_is_the_published_template(llama_dir, mistral_dir):
     mistral = mj.HarmBenchJudge(mistral_dir, device="cpu")  # the Mistral classifier's own card template
     expected = HARMBENCH_EXPECTED.replace("[INST] <<SYS>>\n", "[INST] ").replace('"no".\n<</SYS>>\n\n', '"no".\n\n')
     assert mistral.texts([PROMPT], [ANSWER]) == [expected]
-    assert judge.max_new_tokens == 512 and "Llama-2" in judge.note and "Mistral" in mistral.note
+    assert judge.truncate_tokens == 512 and "Llama-2" in judge.note and "Mistral" in mistral.note
+    assert judge.answer_tokens == 512  # HarmBench generates 512 new tokens for the completions it classifies
 
 
 def test_harmbench_truncates_answers_to_512_classifier_tokens(llama_dir):
@@ -203,7 +204,8 @@ def test_strongreject_prompt_is_the_published_template(strongreject_dirs):
     _, adapter = strongreject_dirs
     judge = mj.StrongRejectJudge(adapter, device="cpu")
     assert judge.texts([PROMPT], [ANSWER]) == [STRONGREJECT_EXPECTED]
-    assert mj.STRONGREJECT_TEMPLATE.endswith("### Answer: ") and judge.max_new_tokens == 512
+    assert mj.STRONGREJECT_TEMPLATE.endswith("### Answer: ") and judge.truncate_tokens == 512
+    assert judge.answer_tokens is None and mj.LlamaGuardJudge.answer_tokens is None  # no published length
 
 
 def test_strongreject_merges_the_adapter_onto_its_base(strongreject_dirs):
