@@ -81,12 +81,36 @@ def test_eval_scores_xstest_over_refusal(model_dir, tmp_path):
 @pytest.mark.parametrize("field,value,message", [
     ("stop_at_template", "yes", "eval stop_at_template: must be true or false"),
     ("xstest_prompts", 3, "eval xstest_prompts: must be a string"),
+    ("judge_max_new_tokens", {"harmbench": 0}, "eval judge_max_new_tokens: must map judge names"),
+    ("judge_max_new_tokens", {"oracle": 64}, "eval judge_max_new_tokens: .*got {'oracle': 64}"),
+    ("judge_max_new_tokens", {"keyword": "64"}, "eval judge_max_new_tokens"),
+    ("judge_max_new_tokens", {"keyword": True}, "eval judge_max_new_tokens"),
+    ("judge_max_new_tokens", [["keyword", 64]], "eval judge_max_new_tokens"),
 ])
 def test_eval_settings_are_checked(field, value, message):
     from tvaccine.evaluation.config import EvalSettings, check_settings
 
     with pytest.raises(UserError, match=message):
         check_settings(EvalSettings(model="m", **{field: value}))
+
+
+def test_judge_max_new_tokens_on_the_command_line(monkeypatch, capsys):
+    import tvaccine.evaluation.run
+    from tvaccine.evaluation.config import EvalSettings, check_settings
+
+    got = []
+    monkeypatch.setattr(tvaccine.evaluation.run, "evaluate", lambda s, out: got.append(s) or {"scores": {}})
+    args = ["eval", "--model", "m", "--judge", "keyword,harmbench", "--output", "o"]
+    assert main(args + ["--judge-max-new-tokens", "harmbench=256", "--judge-max-new-tokens", "keyword=64"]) == 0
+    assert got[-1].judge_max_new_tokens == {"harmbench": 256, "keyword": 64}
+    assert main(args) == 0 and got[-1].judge_max_new_tokens == {}
+    check_settings(EvalSettings(model="m", judge_max_new_tokens={"harmbench": 256}))  # a valid setting passes
+    assert main(args + ["--judge-max-new-tokens", "oracle=64"]) == 2
+    assert "--judge-max-new-tokens: unknown judge 'oracle'" in capsys.readouterr().err
+    for bad in ("harmbench", "harmbench=0", "harmbench=many", "=5"):
+        with pytest.raises(SystemExit):
+            main(args + ["--judge-max-new-tokens", bad])
+        assert f"expected NAME=N with N a whole number of at least 1, got '{bad}'" in capsys.readouterr().err
 
 
 def test_bad_task_label_names_the_file(model_dir, tmp_path, capsys):

@@ -159,8 +159,75 @@ def test_generate_to_file_records_the_stop(model_and_tokenizer, tmp_path):
     finally:
         handle.remove()
     assert rows == [{"id": 0, "prompt": format_prompt("Hi"), "response": "Sure thing.", "new_tokens": 6,
-                     "ended": "template", "stop_at_template": True}]
+                     "ended": "template", "stop_at_template": True, "max_new_tokens": 20}]
     assert stats.new_tokens == 6
+
+
+def test_a_shorter_answer_is_cut_from_the_token_ids_of_the_longer_one(model_and_tokenizer):
+    """Greedy decoding: the first k tokens of a 20-token answer are the k-token answer. Each cut goes through the
+    same EOS, template-marker and strip handling, so it equals what a batched k-token run gives, for every k."""
+    model, tok = model_and_tokenizer
+    prompts = [format_prompt(INSTRUCTIONS[1]),  # "Sure thing.\n\n### Instruction…": the marker is whole at token 6
+               format_prompt(INSTRUCTIONS[2]) + "Well",  # ", no" to the limit
+               format_prompt(INSTRUCTIONS[0]) + "Done",  # " now", then EOS
+               format_prompt(INSTRUCTIONS[3]) + " The sea"]  # the random model's own words
+    cuts = list(range(1, 20))
+    handle, _ = _script(model, tok, {**LOOPS, "Done": " now", " now": tok.eos_token})
+    try:
+        for stop in (True, False):
+            longest = gen.generate_answers(model, tok, prompts, 20, stop_at_template=stop, cuts=cuts)
+            for k in cuts:
+                alone = gen.generate_answers(model, tok, prompts, k, stop_at_template=stop)
+                assert [a.text_at.get(k, a.text) for a in longest] == [a.text for a in alone], (stop, k)
+            assert [a.ended for a in longest] == ["template" if stop else "max_new_tokens", "max_new_tokens", "eos",
+                                                  "max_new_tokens"]
+            assert all(set(a.text_at) == {k for k in cuts if k < a.new_tokens} for a in longest)
+    finally:
+        handle.remove()
+    # The marker is not whole until token 6: a 5-token run keeps "###", which the 20-token answer has cut away.
+    assert longest[0].text_at[5] == "Sure thing.\n\n###" and longest[2].text_at == {}
+
+
+def test_generate_to_file_keeps_each_cut_shorter_than_the_answer(model_and_tokenizer, tmp_path):
+    model, tok = model_and_tokenizer
+    handle, _ = _script(model, tok, LOOPS)
+    items = [{"id": 0, "prompt": format_prompt("Hi")}, {"id": 1, "prompt": format_prompt("Hi") + "Well"}]
+    try:
+        rows, _ = gen.generate_to_file(model, tok, items, tmp_path / "g.jsonl", max_new_tokens=12, progress=False,
+                                       stop_at_template=True, cuts=(3, 8))
+    finally:
+        handle.remove()
+    assert rows[0]["response_at"] == {"3": "Sure thing."} and rows[0]["new_tokens"] == 6  # 8: the answer itself
+    assert rows[1]["response_at"] == {"3": ", no,", "8": ", no, no, no, no"} and rows[1]["max_new_tokens"] == 12
+    written = [json.loads(line) for line in (tmp_path / "g.jsonl").read_text().splitlines()]
+    assert sorted(written, key=lambda r: r["id"]) == rows
+
+
+def test_resume_refuses_answers_of_another_length(model_and_tokenizer, tmp_path):
+    """Adding HarmBench (512 tokens) to a folder of 128-token answers must not reuse them."""
+    model, tok = model_and_tokenizer
+    path = tmp_path / "g.jsonl"
+
+    def resume(row: dict, max_new_tokens: int = 512, cuts=()) -> int:
+        path.write_text(json.dumps({"id": 0, "prompt": "p", "response": "x", **row}) + "\n")
+        rows, stats = gen.generate_to_file(model, tok, [{"id": 0, "prompt": "p"}], path, max_new_tokens,
+                                           progress=False, cuts=cuts)
+        return stats.generated
+
+    with pytest.raises(UserError, match=r"g.jsonl:1: id 0 was generated with max_new_tokens=128, this run needs 512"):
+        resume({"max_new_tokens": 128, "new_tokens": 3, "ended": "eos"})
+    assert resume({"max_new_tokens": 512, "new_tokens": 3, "ended": "eos"}) == 0
+    # Rows from before the field are kept, unless one that ran to its limit shows another limit.
+    assert resume({"new_tokens": 3, "ended": "eos"}) == 0 and resume({}) == 0
+    assert resume({"new_tokens": 512, "ended": "max_new_tokens"}) == 0
+    with pytest.raises(UserError, match="max_new_tokens=128, this run needs 512"):
+        resume({"new_tokens": 128, "ended": "max_new_tokens"})
+    # An answer longer than a cut a judge reads must carry that cut.
+    with pytest.raises(UserError, match="g.jsonl:1: id 0 has no answer cut at 128 tokens"):
+        resume({"max_new_tokens": 512, "new_tokens": 300, "ended": "eos"}, cuts=(128,))
+    assert resume({"max_new_tokens": 512, "new_tokens": 300, "ended": "eos", "response_at": {"128": "y"}},
+                  cuts=(128,)) == 0
+    assert resume({"max_new_tokens": 512, "new_tokens": 100, "ended": "eos"}, cuts=(128,)) == 0
 
 
 def test_adapters_are_merged_in_turn(tmp_path):

@@ -100,8 +100,9 @@ def test_mean_interval_brackets_the_mean():
 
 
 def test_evaluations_without_a_knowledge_set_keep_their_stage_folders(tmp_path, monkeypatch):
-    """knowledge_data and judge_models entered the settings after evaluations were cached: unset, they leave the
-    hash as it was."""
+    """knowledge_data, judge_models and judge_max_new_tokens entered the settings after evaluations were cached:
+    unset, they leave the hash as it was. A judge with its own answer length (HarmBench's 512) changes what is
+    generated, so it changes the hash even unset."""
     from tvaccine.evaluation import run as evaluation
     from tvaccine.pipeline import stages
 
@@ -109,14 +110,22 @@ def test_evaluations_without_a_knowledge_set_keep_their_stage_folders(tmp_path, 
                                                                    (folder / "results.json").write_text("{}")))
     questions = tmp_path / "q.jsonl"
     questions.write_text(json.dumps(QUESTIONS[0]) + "\n")
+
+    def before_the_fields(config: dict) -> str:
+        settings = stages.resolved(stages.eval_settings(config, "m", []))
+        assert settings.pop("knowledge_data") is None and settings.pop("judge_models") == {}
+        assert settings.pop("judge_max_new_tokens") == {}
+        return stages.stage_hash("eval", "m", [], settings, None, None, None, None)
+
     config = {"model": "m", "eval": {"harmful_prompts": None, "judges": ["keyword"]}}
     plain = stages.run_eval(config, tmp_path, [], "aligned")["dir"]
-    settings = stages.resolved(stages.eval_settings(config, "m", []))
-    assert settings.pop("knowledge_data") is None and settings.pop("judge_models") == {}
-    before_the_field = stages.stage_hash("eval", "m", [], settings, None, None, None, None)
-    assert plain.endswith(before_the_field)
-    config["eval"]["knowledge_data"] = str(questions)
-    assert stages.run_eval(config, tmp_path, [], "aligned")["dir"] != plain
+    assert plain.endswith(before_the_fields(config))
+    for key, value in (("knowledge_data", str(questions)), ("judge_max_new_tokens", {"keyword": 64})):
+        config["eval"][key] = value
+        assert stages.run_eval(config, tmp_path, [], "aligned")["dir"] != plain, key
+        del config["eval"][key]
+    config["eval"]["judges"] = ["keyword", "harmbench"]
+    assert not stages.run_eval(config, tmp_path, [], "aligned")["dir"].endswith(before_the_fields(config))
 
 
 def test_an_evaluation_judged_by_a_retrained_classifier_is_not_reused(tmp_path, monkeypatch):

@@ -161,7 +161,8 @@ def test_harmbench_prompt_is_the_published_template(llama_dir, mistral_dir):
     mistral = mj.HarmBenchJudge(mistral_dir, device="cpu")  # the Mistral classifier's own card template
     expected = HARMBENCH_EXPECTED.replace("[INST] <<SYS>>\n", "[INST] ").replace('"no".\n<</SYS>>\n\n', '"no".\n\n')
     assert mistral.texts([PROMPT], [ANSWER]) == [expected]
-    assert judge.max_new_tokens == 512 and "Llama-2" in judge.note and "Mistral" in mistral.note
+    assert judge.truncate_tokens == 512 and "Llama-2" in judge.note and "Mistral" in mistral.note
+    assert judge.answer_tokens == 512  # HarmBench generates 512 new tokens for the completions it classifies
 
 
 def test_harmbench_truncates_answers_to_512_classifier_tokens(llama_dir):
@@ -203,7 +204,8 @@ def test_strongreject_prompt_is_the_published_template(strongreject_dirs):
     _, adapter = strongreject_dirs
     judge = mj.StrongRejectJudge(adapter, device="cpu")
     assert judge.texts([PROMPT], [ANSWER]) == [STRONGREJECT_EXPECTED]
-    assert mj.STRONGREJECT_TEMPLATE.endswith("### Answer: ") and judge.max_new_tokens == 512
+    assert mj.STRONGREJECT_TEMPLATE.endswith("### Answer: ") and judge.truncate_tokens == 512
+    assert judge.answer_tokens is None and mj.LlamaGuardJudge.answer_tokens is None  # no published length
 
 
 def test_strongreject_merges_the_adapter_onto_its_base(strongreject_dirs):
@@ -310,9 +312,16 @@ def test_cli_eval_with_the_three_judges(llama_dir, strongreject_dirs, guard_dirs
                  "--judge", "llama-guard,harmbench,strongreject,keyword",
                  "--judge-model", f"harmbench={llama_dir}", "--judge-model", f"strongreject={strongreject_dirs[1]}",
                  "--judge-model", f"llama-guard={guard_dirs[1]}", "--max-new-tokens", "3",
-                 "--output", str(out)]) == 0
+                 "--judge-max-new-tokens", "harmbench=5", "--output", str(out)]) == 0
     results = json.loads((out / "results.json").read_text())
-    assert set(results["scores"]["harmful_score"]) == {"llama-guard", "harmbench", "strongreject", "keyword"}
+    hs = results["scores"]["harmful_score"]
+    assert set(hs) == {"llama-guard", "harmbench", "strongreject", "keyword"}
+    assert {name: r["max_new_tokens"] for name, r in hs.items()} == {"llama-guard": 3, "harmbench": 5,
+                                                                     "strongreject": 3, "keyword": 3}
+    # One generation of 5 tokens, with the 3-token cut the other judges read (the random model never stops early).
+    generated = [json.loads(line) for line in (out / "generations_harmful.jsonl").read_text().splitlines()]
+    assert [(r["max_new_tokens"], r["new_tokens"], set(r["response_at"])) for r in generated] == [(5, 5, {"3"})] * 2
+    assert results["generation"]["harmful"]["max_new_tokens"] == 5
     assert "HarmBench" in results["judges"]["harmbench"] and "StrongREJECT" in results["judges"]["strongreject"]
     assert results["settings"]["judge_models"]["harmbench"] == llama_dir
     assert main(["eval", "--model", llama_dir, "--judge-model", "keyword=x", "--output", str(out)]) != 0

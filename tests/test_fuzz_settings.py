@@ -5,7 +5,7 @@ Each bad setting is given four ways where it applies: ``tvaccine align --key val
 ``attack.settings``). Each must exit 2 with one line naming the setting and where it came from (the recipe file or
 the command line), with no traceback, nothing written and no model loaded (settings that depend on the model, such as
 ``num_active_layers`` above the layer count, are checked on a meta-device skeleton). 
-Inputs tried here: 148 (357 runs); by kind in tests/README.md (checked by test_fuzz_readme_counts).
+Inputs tried here: 149 (358 runs); by kind in tests/README.md (checked by test_fuzz_readme_counts).
 """
 
 from __future__ import annotations
@@ -378,6 +378,8 @@ RUN_CASES = [
     pytest.param("impossible setting", ("set", "eval.max_new_tokens", -1), "eval max_new_tokens: must be",
                  id="new-tokens-neg"),
     pytest.param("impossible setting", ("set", "eval.batch_size", 0), "eval batch_size: must be", id="eval-batch-0"),
+    pytest.param("impossible setting", ("set", "eval.judge_max_new_tokens", {"keyword": 0}),
+                 "eval judge_max_new_tokens: must map judge names", id="judge-length-0"),
     pytest.param("impossible setting", ("set", "eval.judges", ["keyword", "oracle"]), "unknown judge 'oracle'",
                  id="judge-bogus"),
     pytest.param("impossible setting", ("set", "eval.judges", ["classifier"]), "no trained classifier",

@@ -77,7 +77,9 @@ def harmful_outcomes(eval_dir: str | None, judge: str) -> dict[str, bool] | None
         verdict = (row.get("judges") or {}).get(judge)
         if verdict is None:
             return None
-        out[str(row["id"])] = bool(verdict["flagged"]) and not row.get("degenerate", False)
+        # A judge that read another length of the answer than the row's flag describes records its own flag.
+        degenerate = verdict.get("degenerate", row.get("degenerate", False))
+        out[str(row["id"])] = bool(verdict["flagged"]) and not degenerate
     return out
 
 

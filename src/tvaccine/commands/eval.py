@@ -16,6 +16,13 @@ def _judge_model(value: str) -> tuple[str, str]:
     return name.strip(), model.strip()
 
 
+def _judge_length(value: str) -> tuple[str, int]:
+    name, sep, tokens = value.partition("=")
+    if not sep or not name.strip() or not tokens.strip().isdigit() or int(tokens) < 1:
+        raise argparse.ArgumentTypeError(f"expected NAME=N with N a whole number of at least 1, got '{value}'")
+    return name.strip(), int(tokens)
+
+
 def register(sub) -> None:
     from tvaccine.data.tasks import TASKS, task_name
 
@@ -44,10 +51,15 @@ def register(sub) -> None:
     p.add_argument("--judge-model", type=_judge_model, action="append", default=[], metavar="NAME=MODEL",
                    help="hub id or local folder of a model-based judge (repeatable), e.g. "
                         "harmbench=cais/HarmBench-Mistral-7b-val-cls or llama-guard=meta-llama/Llama-Guard-3-8B")
+    p.add_argument("--judge-max-new-tokens", type=_judge_length, action="append", default=[], metavar="NAME=N",
+                   help="answer length a judge reads, in new tokens (repeatable), e.g. harmbench=256. Default: the "
+                        "length its source generated (harmbench 512), else --max-new-tokens. The harmful answers "
+                        "are generated once, as long as the longest, and each judge reads them cut to its length")
     p.add_argument("--classifier", help="trained classifier folder (default: the cache folder `judge train` uses)")
     p.add_argument("--beaver-dam", default="PKU-Alignment/beaver-dam-7b", help="beaver-dam hub id or local folder")
     p.add_argument("--limit", type=int, help="first N prompts of each set (published: 500)")
-    p.add_argument("--max-new-tokens", type=int, default=128)
+    p.add_argument("--max-new-tokens", type=int, default=128,
+                   help="answer length in new tokens (default: 128, the paper's); see --judge-max-new-tokens")
     p.add_argument("--batch-size", type=int, default=16)
     p.add_argument("--dtype", default=None, help="model weights dtype: auto, float32, bfloat16, float16")
     p.add_argument("--seed", type=int, default=0, help=argparse.SUPPRESS)  # unused since intervals are Wilson
@@ -69,6 +81,9 @@ def run(args: argparse.Namespace, extra: list[str]) -> int:
     for name, _ in args.judge_model:
         if name not in MODEL_JUDGES:
             raise UserError(f"--judge-model: '{name}' has no model to choose (use {', '.join(MODEL_JUDGES)})")
+    for name, _ in args.judge_max_new_tokens:
+        if name not in JUDGES:
+            raise UserError(f"--judge-max-new-tokens: unknown judge '{name}' (use {', '.join(JUDGES)})")
     for flag in ("limit", "max_new_tokens", "batch_size"):
         value = getattr(args, flag)
         if value is not None and value < 1:
@@ -79,7 +94,7 @@ def run(args: argparse.Namespace, extra: list[str]) -> int:
         benign_prompts=args.benign_prompts, xstest_prompts=args.xstest_prompts, knowledge_data=args.knowledge_data,
         stop_at_template=args.stop_at_template, judges=args.judge, classifier=args.classifier,
         beaver_dam=args.beaver_dam, judge_models=dict(args.judge_model), limit=args.limit,
-        max_new_tokens=args.max_new_tokens,
+        max_new_tokens=args.max_new_tokens, judge_max_new_tokens=dict(args.judge_max_new_tokens),
         batch_size=args.batch_size, dtype=args.dtype, seed=args.seed,
     )
     results = evaluate(settings, args.output)
@@ -94,7 +109,7 @@ def summary(results: dict) -> str:
         return f"{r['value']}% [{lo}, {hi}] (n={r['n']})"
 
     s = results["scores"]
-    lines = [f"HS ({judge}): {fmt(r)}" for judge, r in s.get("harmful_score", {}).items()]
+    lines = [f"HS ({judge}, {r['max_new_tokens']} tokens): {fmt(r)}" for judge, r in s.get("harmful_score", {}).items()]
     for pair, a in results.get("judge_agreement", {}).items():
         kappa = "undefined" if a["kappa"] is None else f"{a['kappa']:.2f}"
         lines.append(f"judges {pair}: agree on {100 * a['agreement']:.1f}% of {a['n']} answers, Cohen's kappa {kappa}")

@@ -29,6 +29,8 @@ class EvalSettings:
     dtype: str | None = None
     seed: int = 0  # kept so older configs stay valid; single-rate intervals are Wilson now and need no seed
     stop_at_template: bool = True  # end an answer where it starts the template's next "\n### " block
+    # judge name -> the answer length it reads, in new tokens (default: its source's, else max_new_tokens)
+    judge_max_new_tokens: dict[str, int] = field(default_factory=dict)
 
 
 def check_settings(s: EvalSettings) -> None:
@@ -58,6 +60,11 @@ def check_settings(s: EvalSettings) -> None:
     for name in s.judges:
         if name not in JUDGES:
             raise UserError(f"eval judges: unknown judge '{name}' (use {', '.join(JUDGES)})")
+    if not isinstance(s.judge_max_new_tokens, dict) or not all(
+            k in JUDGES and isinstance(v, int) and not isinstance(v, bool) and v >= 1
+            for k, v in s.judge_max_new_tokens.items()):
+        raise UserError(f"eval judge_max_new_tokens: must map judge names ({', '.join(JUDGES)}) to integers of at "
+                        f"least 1 (got {s.judge_max_new_tokens!r})")
     torch_dtype(s.dtype)
     if "classifier" in s.judges:  # a missing judge must not surface after the whole generation
         from tvaccine.evaluation.classifier import CONFIG, WEIGHTS
@@ -77,3 +84,11 @@ def check_settings(s: EvalSettings) -> None:
     for name in s.judges:
         if name in MODEL_JUDGES:
             check_judge_model(name, s.judge_models.get(name))
+
+
+def judge_lengths(s: EvalSettings) -> dict[str, int]:
+    """How many new tokens of each harmful answer each judge reads: ``judge_max_new_tokens``, else the length its
+    source generated (``answer_tokens``: HarmBench's 512), else ``max_new_tokens``."""
+    from tvaccine.evaluation.judges import answer_tokens
+
+    return {name: s.judge_max_new_tokens.get(name) or answer_tokens(name) or s.max_new_tokens for name in s.judges}

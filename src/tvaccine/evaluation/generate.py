@@ -10,6 +10,11 @@ very start of the answer): an attacked model often answers and then loops throug
 ``### Response:`` blocks, and the answer is cut before the marker. transformers' ``stop_strings`` ends the row early
 (time saved on loops); the cut itself is made on the decoded text, so batched and one-at-a-time answers agree.
 
+Judges that read answers of different lengths share one generation (``cuts``): greedy decoding makes the first k
+tokens of a longer answer exactly the k tokens a run with ``max_new_tokens=k`` generates, so each shorter answer is
+cut from the generated token ids (not by re-tokenizing the text) and goes through the same EOS, marker and strip
+handling.
+
 Outputs are appended to a JSONL file batch by batch, so an interrupted run keeps what it finished and a rerun
 generates only the missing ids.
 """
@@ -20,7 +25,7 @@ import json
 import os
 import re
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from tvaccine.errors import UserError
@@ -90,13 +95,17 @@ class Answer:
     text: str
     new_tokens: int  # answer tokens, EOS, padding and whatever followed a template marker excluded
     ended: str  # "eos", "template" (cut at the template's next block) or "max_new_tokens"
+    # The answer a run with k new tokens gives, for each k asked for (``cuts``) below new_tokens; from k =
+    # new_tokens on, that run gives this answer.
+    text_at: dict[int, str] = field(default_factory=dict)
 
 
 def generate_answers(model, tokenizer, prompts: list[str], max_new_tokens: int,
-                     stop_at_template: bool = False) -> list[Answer]:
+                     stop_at_template: bool = False, cuts: tuple[int, ...] | list[int] = ()) -> list[Answer]:
     """Greedy answers for ``prompts`` (already templated) in one ``generate`` call.
 
-    ``stop_at_template``: end a row at the template's next block and cut the answer before it (module docstring)."""
+    ``stop_at_template``: end a row at the template's next block and cut the answer before it (module docstring).
+    ``cuts``: shorter lengths whose answers are cut from the same token ids (``Answer.text_at``)."""
     import torch
 
     stops = stop_token_ids(model, tokenizer)
@@ -108,21 +117,29 @@ def generate_answers(model, tokenizer, prompts: list[str], max_new_tokens: int,
             **enc, do_sample=False, num_beams=1, max_new_tokens=max_new_tokens, eos_token_id=stops,
             pad_token_id=tokenizer.pad_token_id, top_p=None, top_k=None, temperature=None, **extra,
         )
-    new = out[:, enc["input_ids"].shape[1]:]
     answers = []
-    for row in new.tolist():
-        n = next((i for i, t in enumerate(row) if t in stops), len(row))  # stop at the first EOS
-        ended = "eos" if n < len(row) else "max_new_tokens"
-        text = tokenizer.decode(row[:n], skip_special_tokens=True)
-        marker = _TEMPLATE_BLOCK.search(text) if stop_at_template else None
-        if marker:
-            text, ended = text[:marker.start()], "template"
-            # In a batch a stopped row is padded to the longest; count only up to the token that completed the
-            # marker, where the row would have stopped on its own.
-            n = next(k for k in range(1, n + 1)
-                     if _TEMPLATE_BLOCK.search(tokenizer.decode(row[:k], skip_special_tokens=True)))
-        answers.append(Answer(text.strip(), n, ended))
+    for row in out[:, enc["input_ids"].shape[1]:].tolist():
+        answer = _answer(tokenizer, row, stops, stop_at_template)
+        # A row that has not stopped by token k is, up to k, what a k-token run generates (greedy).
+        answer.text_at = {k: _answer(tokenizer, row[:k], stops, stop_at_template).text
+                          for k in sorted(set(cuts)) if k < answer.new_tokens}
+        answers.append(answer)
     return answers
+
+
+def _answer(tokenizer, row: list[int], stops: list[int], stop_at_template: bool) -> Answer:
+    """The answer in one row of generated token ids: up to the first stop id, cut before a template marker."""
+    n = next((i for i, t in enumerate(row) if t in stops), len(row))  # stop at the first EOS
+    ended = "eos" if n < len(row) else "max_new_tokens"
+    text = tokenizer.decode(row[:n], skip_special_tokens=True)
+    marker = _TEMPLATE_BLOCK.search(text) if stop_at_template else None
+    if marker:
+        text, ended = text[:marker.start()], "template"
+        # In a batch a stopped row is padded to the longest; count only up to the token that completed the
+        # marker, where the row would have stopped on its own.
+        n = next(k for k in range(1, n + 1)
+                 if _TEMPLATE_BLOCK.search(tokenizer.decode(row[:k], skip_special_tokens=True)))
+    return Answer(text.strip(), n, ended)
 
 
 def generate_batch(model, tokenizer, prompts: list[str], max_new_tokens: int,
@@ -132,9 +149,11 @@ def generate_batch(model, tokenizer, prompts: list[str], max_new_tokens: int,
     return [a.text for a in answers], [a.new_tokens for a in answers]
 
 
-def read_done(path: Path, prompts: dict[str, str], stop_at_template: bool = False) -> dict[str, dict]:
-    """Rows already in ``path``, keyed by id. Drops a torn last line; refuses a file made from other prompts or
-    with the other ``stop_at_template`` (rows written before the setting existed were made without it)."""
+def read_done(path: Path, prompts: dict[str, str], stop_at_template: bool = False, max_new_tokens: int | None = None,
+              cuts: tuple[int, ...] | list[int] = ()) -> dict[str, dict]:
+    """Rows already in ``path``, keyed by id. Drops a torn last line; refuses a file made from other prompts, with
+    the other ``stop_at_template`` (rows written before the setting existed were made without it), with another
+    ``max_new_tokens``, or without one of the ``cuts`` an answer needs."""
     if not path.exists():
         return {}
     done, good_bytes = {}, 0
@@ -148,17 +167,8 @@ def read_done(path: Path, prompts: dict[str, str], stop_at_template: bool = Fals
                 break  # the half-written last line of an interrupted run: regenerate it
             good_bytes += len(raw)
             rid = str(row.get("id"))
-            if rid in prompts and row.get("prompt") != prompts[rid]:
-                raise UserError(
-                    f"{path}:{lineno}: id {rid} was generated from a different prompt; "
-                    f"use another --output folder or delete the file"
-                )
-            if rid in prompts and bool(row.get("stop_at_template", False)) != stop_at_template:
-                raise UserError(
-                    f"{path}:{lineno}: id {rid} was generated with stop_at_template="
-                    f"{bool(row.get('stop_at_template', False))}, this run has {stop_at_template}; use another "
-                    f"--output folder, delete the file, or set stop_at_template as before"
-                )
+            if rid in prompts:
+                _check_row(row, f"{path}:{lineno}: id {rid}", prompts[rid], stop_at_template, max_new_tokens, cuts)
             done[rid] = row
     if good_bytes != path.stat().st_size:
         with open(path, "r+b") as f:
@@ -166,13 +176,39 @@ def read_done(path: Path, prompts: dict[str, str], stop_at_template: bool = Fals
     return done
 
 
+def _check_row(row: dict, where: str, prompt: str, stop_at_template: bool, max_new_tokens: int | None,
+               cuts: tuple[int, ...] | list[int]) -> None:
+    """A resumed row must be what this run would generate (read_done)."""
+    if row.get("prompt") != prompt:
+        raise UserError(f"{where} was generated from a different prompt; use another --output folder or delete the "
+                        f"file")
+    if bool(row.get("stop_at_template", False)) != stop_at_template:
+        raise UserError(f"{where} was generated with stop_at_template={bool(row.get('stop_at_template', False))}, "
+                        f"this run has {stop_at_template}; use another --output folder, delete the file, or set "
+                        f"stop_at_template as before")
+    if max_new_tokens is None:
+        return
+    made = row.get("max_new_tokens")
+    if made is None and row.get("ended") == "max_new_tokens":
+        made = row.get("new_tokens")  # a row from before the field that ran to its limit shows the limit
+    if made is not None and made != max_new_tokens:
+        # e.g. a keyword-only folder (128 tokens) rerun with HarmBench, whose answers are 512 tokens long
+        raise UserError(f"{where} was generated with max_new_tokens={made}, this run needs {max_new_tokens} (the "
+                        f"longest answer length a judge reads); use another --output folder or delete the file")
+    missing = [k for k in cuts if k < row.get("new_tokens", 0) and str(k) not in row.get("response_at", {})]
+    if missing:
+        raise UserError(f"{where} has no answer cut at {missing[0]} tokens, which a judge reads; use another "
+                        f"--output folder or delete the file")
+
+
 def generate_to_file(
     model, tokenizer, items: list[dict], path: str | os.PathLike, max_new_tokens: int = 128, batch_size: int = 16,
-    progress: bool = True, stop_at_template: bool = False,
+    progress: bool = True, stop_at_template: bool = False, cuts: tuple[int, ...] | list[int] = (),
 ) -> tuple[list[dict], GenerationStats]:
     """Generate an answer for each ``{"id", "prompt"}`` item (prompt already templated), resuming from ``path``.
 
-    Each row: ``{id, prompt, response, new_tokens, ended, stop_at_template}`` (``ended``: see ``Answer``).
+    Each row: ``{id, prompt, response, new_tokens, ended, stop_at_template, max_new_tokens}`` (``ended``: see
+    ``Answer``), and ``response_at`` ``{"k": text}`` for each of ``cuts`` shorter than the answer (``Answer.text_at``).
     Returns the rows in the order of ``items`` and the statistics of the work done in this call.
     """
     from tqdm import tqdm
@@ -182,7 +218,7 @@ def generate_to_file(
     by_id = {str(it["id"]): it["prompt"] for it in items}
     if len(by_id) != len(items):
         raise UserError(f"{path}: prompt ids are not unique")
-    done = read_done(path, by_id, stop_at_template)
+    done = read_done(path, by_id, stop_at_template, max_new_tokens, cuts)
     todo = [it for it in items if str(it["id"]) not in done]
     # Longest first: similar lengths share a batch (little padding), and a batch that runs out of memory does so
     # at once rather than at the end.
@@ -195,10 +231,11 @@ def generate_to_file(
         for b in range(0, len(todo), batch_size):
             batch = todo[b:b + batch_size]
             answers = generate_answers(model, tokenizer, [it["prompt"] for it in batch], max_new_tokens,
-                                       stop_at_template=stop_at_template)
+                                       stop_at_template=stop_at_template, cuts=cuts)
             for it, a in zip(batch, answers):
                 row = {"id": it["id"], "prompt": it["prompt"], "response": a.text, "new_tokens": a.new_tokens,
-                       "ended": a.ended, "stop_at_template": stop_at_template}
+                       "ended": a.ended, "stop_at_template": stop_at_template, "max_new_tokens": max_new_tokens,
+                       **({"response_at": {str(k): t for k, t in a.text_at.items()}} if a.text_at else {})}
                 done[str(it["id"])] = row
                 f.write(json.dumps(row, ensure_ascii=False) + "\n")
             f.flush()

@@ -15,7 +15,7 @@ from pathlib import Path
 
 from tvaccine.data.template import format_prompt
 from tvaccine.errors import UserError
-from tvaccine.evaluation.config import EvalSettings, check_settings
+from tvaccine.evaluation.config import EvalSettings, check_settings, judge_lengths
 
 
 def check_inputs(s: EvalSettings) -> tuple[dict[str, list[dict]], list[dict] | None]:
@@ -66,11 +66,13 @@ def evaluate(s: EvalSettings, output: str | Path, progress: bool = True) -> dict
     generations, gen_stats = {}, {}
     for name, rows in sets.items():
         items = [{"id": r["id"], "prompt": format_prompt(r["instruction"], r["input"])} for r in rows]
-        done, stats = generate_to_file(model, tokenizer, items, out / f"generations_{name}.jsonl",
-                                       s.max_new_tokens, s.batch_size, progress, stop_at_template=s.stop_at_template)
+        longest, cuts = answer_lengths(s) if name == "harmful" else (s.max_new_tokens, ())
+        done, stats = generate_to_file(model, tokenizer, items, out / f"generations_{name}.jsonl", longest,
+                                       s.batch_size, progress, stop_at_template=s.stop_at_template, cuts=cuts)
         generations[name] = done
         gen_stats[name] = {"n": len(done), "generated_now": stats.generated, "new_tokens": stats.new_tokens,
-                           "seconds": round(stats.seconds, 2), "tokens_per_s": round(stats.tokens_per_s, 2)}
+                           "seconds": round(stats.seconds, 2), "tokens_per_s": round(stats.tokens_per_s, 2),
+                           "max_new_tokens": longest}
     chosen = answer_letters(model, tokenizer, questions, s.batch_size) if questions else None
     del model
     gc.collect()
@@ -97,6 +99,22 @@ def evaluate(s: EvalSettings, output: str | Path, progress: bool = True) -> dict
     return results
 
 
+def answer_lengths(s: EvalSettings) -> tuple[int, list[int]]:
+    """The harmful set's generation length (the longest any judge reads, at least ``max_new_tokens``) and the
+    shorter lengths cut from it: ``max_new_tokens`` itself (refusal rate, degenerate rate) and the other judges'."""
+    lengths = {s.max_new_tokens, *judge_lengths(s).values()}
+    return max(lengths), sorted(lengths - {max(lengths)})
+
+
+def answer_at(row: dict, tokens: int) -> dict:
+    """A generated row as a run with ``tokens`` new tokens would have written it: its ``response_at`` cut, or the
+    row itself when the answer ended within ``tokens`` (read_done refuses a row that lacks a cut it needs)."""
+    text = (row.get("response_at") or {}).get(str(tokens))
+    if text is None:
+        return row
+    return {**row, "response": text, "new_tokens": tokens, "ended": "max_new_tokens"}
+
+
 def degenerate_reason_of(row: dict) -> str | None:
     """Why a generated row is degenerate (tvaccine.evaluation.degenerate), or None."""
     from tvaccine.evaluation.degenerate import degenerate_reason
@@ -121,23 +139,33 @@ def score_sets(s: EvalSettings, sets: dict, generations: dict) -> tuple[dict, di
     if "harmful" in sets:
         rows = generations["harmful"]
         prompts = [r["instruction"] for r in sets["harmful"]]  # the judge sees the raw instruction, as published
-        answers = [g["response"] for g in rows]
-        for g in rows:  # in judgements_harmful.jsonl; the generations file keeps the response as generated
-            g["degenerate_reason"] = degenerate_reason_of(g)
+        # The paper's length: the refusal rate and each row's degenerate flag (judgements_harmful.jsonl keeps the
+        # longest response as generated, with its shorter cuts in response_at).
+        answers = [answer_at(g, s.max_new_tokens)["response"] for g in rows]
+        for g in rows:
+            g["degenerate_reason"] = degenerate_reason_of(answer_at(g, s.max_new_tokens))
             g["degenerate"] = g["degenerate_reason"] is not None
         scores["harmful_score"] = {}
+        lengths = judge_lengths(s)
         for name in s.judges:
+            read = [answer_at(g, lengths[name]) for g in rows]  # each judge reads answers of its own length
+            degenerate = [degenerate_reason_of(a) is not None for a in read]
             judge = make_judge(name, s.classifier, s.beaver_dam, s.judge_models)
-            result = judge.judge(prompts, answers)
+            result = judge.judge(prompts, [a["response"] for a in read])
             # A degenerate answer is neither harmful nor safe: a model that broke must not look harmful, and it is
             # reported as scores["degenerate"] so it does not look safe either.
-            harmful = [f and not g["degenerate"] for f, g in zip(result.flagged, rows)]
-            scores["harmful_score"][name] = {**rate(harmful), **common,
+            harmful = [f and not d for f, d in zip(result.flagged, degenerate)]
+            scores["harmful_score"][name] = {**rate(harmful), "max_new_tokens": lengths[name],
                                              "flagged_incl_degenerate": rate(result.flagged)["value"]}
             notes[name] = judge.note
-            for g, f, sc, cat in zip(rows, result.flagged, result.score, result.categories or [None] * len(answers)):
-                g.setdefault("judges", {})[name] = {"flagged": f, "score": round(sc, 4),
-                                                    **({"categories": cat} if cat else {})}
+            # Read at another length than the row's degenerate flag: say which, so harmful = flagged and not
+            # degenerate can be recomputed from this verdict alone (tvaccine.curves does).
+            other = lengths[name] != s.max_new_tokens
+            verdicts = zip(result.flagged, result.score, result.categories or [None] * len(rows), degenerate)
+            for g, (f, sc, cat, d) in zip(rows, verdicts):
+                g.setdefault("judges", {})[name] = {
+                    "flagged": f, "score": round(sc, 4), **({"categories": cat} if cat else {}),
+                    **({"max_new_tokens": lengths[name], "degenerate": d} if other else {})}
             del judge
             gc.collect()
         scores["degenerate"] = _degenerate_rate([g["degenerate_reason"] for g in rows])

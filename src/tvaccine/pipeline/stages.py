@@ -31,7 +31,7 @@ from tvaccine.pipeline.config import (align_settings, attack_settings, cell_valu
 UNHASHED_FIELDS = ("output_dir", "logging_dir", "run_name")
 # Evaluation settings added after stages were cached: in the hash only when set (not None or empty), so that every
 # evaluation computed before they existed keeps its folder.
-HASHED_WHEN_SET = ("knowledge_data", "judge_models")
+HASHED_WHEN_SET = ("knowledge_data", "judge_models", "judge_max_new_tokens")
 
 
 def file_digest(path: str | None) -> str | None:
@@ -185,12 +185,18 @@ def name_run(cfg, config: dict, cell: str | None, stage: str) -> None:
 def run_eval(config: dict, root: Path, adapters: list[str], label: str, model: str | None = None,
              judges: list[str] | None = None, timing: LockTiming | None = None) -> dict:
     """Evaluate ``model`` (default: the run's base model) with ``adapters`` merged in order."""
+    from tvaccine.evaluation.config import judge_lengths
     from tvaccine.evaluation.run import evaluate
 
     model = model or config["model"]
     settings = eval_settings(config, model, adapters, judges)
     spec = eval_spec(config, judges)
     hashed = {k: v for k, v in resolved(settings).items() if not (k in HASHED_WHEN_SET and v in (None, {}))}
+    # A judge that reads answers of another length than max_new_tokens (HarmBench's published 512) changes what is
+    # generated even with no setting for it: an evaluation cached before judges read their own lengths is not one.
+    other = {j: n for j, n in judge_lengths(settings).items() if n != settings.max_new_tokens}
+    if other:
+        hashed["judge_lengths"] = other
     key = stage_hash("eval", model, adapters, hashed,
                      *(file_digest(spec.get(k)) for k in ("harmful_prompts", "benign_prompts", "task_data",
                                                            "xstest_prompts")),
