@@ -13,7 +13,7 @@ import sys
 from tvaccine import __version__
 from tvaccine.errors import UserError
 
-COMMANDS = ["align", "data", "attack", "eval", "judge", "run", "demo", "plan"]
+COMMANDS = ["align", "data", "attack", "eval", "push", "judge", "run", "demo", "plan"]
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -85,11 +85,14 @@ class LoraTrainingConfig(TrainingArguments):
         """Check the settings against the model's structure (a meta-device skeleton will do), before a slow load."""
         resolve_targets(model, self.lora_target_modules)
 
-    def card_settings(self) -> dict:
-        """The settings a model card lists: the optimiser's and every field this project adds."""
+    @classmethod
+    def card_settings(cls, recorded: dict) -> dict:
+        """The settings a model card lists (the optimiser's and every field this project adds), taken from the
+        config a stage recorded in its settings file (``config``), so that ``tvaccine push`` renders a finished
+        folder's card again from the folder alone. A field the record lacks (an older version) is left out."""
         core = ("learning_rate", "num_train_epochs", "max_steps", "per_device_train_batch_size",
                 "gradient_accumulation_steps", "weight_decay", "lr_scheduler_type", "warmup_steps", "seed")
-        return {k: getattr(self, k) for k in (*core, *type(self).own_fields())}
+        return {k: recorded[k] for k in (*core, *cls.own_fields()) if k in recorded}
 
     @classmethod
     def own_fields(cls) -> list[str]:

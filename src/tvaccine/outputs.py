@@ -26,6 +26,7 @@ ATTACK_SET = "attack_set.jsonl"
 EVAL_RESULTS = "results.json"
 TRAIN_RESULTS = "train_results.json"
 LOG_HISTORY = "log_history.json"
+MODEL_CARD = "README.md"  # the hub shows it as the repository's model card
 TENSORBOARD_DIR = "runs"  # a training stage's TensorBoard event files (report_to: tensorboard), per run name
 
 
@@ -53,11 +54,13 @@ def read_train_results(folder: str | Path) -> dict | None:
 
 
 def render_model_card(base_model: str, tags: list[str], title: str, text: str, settings: dict,
-                      library: str = "peft") -> str:
-    """A stage folder's README.md: the hub's front matter, what the folder is, its settings, the citation."""
+                      library: str = "peft", evaluation: str = "") -> str:
+    """A stage folder's README.md: the hub's front matter, what the folder is, its settings, the ``evaluation``
+    section (Markdown, ``tvaccine push --results``) where there is one, the citation."""
     from tvaccine import CITATION
 
     lines = "\n".join(f"| `{k}` | `{v}` |" for k, v in settings.items())
+    evaluation = f"\n{evaluation.strip()}\n" if evaluation else ""
     return f"""---
 library_name: {library}
 base_model: {base_model}
@@ -72,7 +75,7 @@ tags: [{", ".join(tags)}]
 | setting | value |
 |---|---|
 {lines}
-
+{evaluation}
 ## Citation
 
 ```bibtex

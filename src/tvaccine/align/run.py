@@ -9,7 +9,8 @@ from pathlib import Path
 
 from tvaccine.errors import UserError
 from tvaccine.io import atomic_write_json, atomic_write_text, package_versions
-from tvaccine.outputs import ALIGN_SETTINGS, LOG_HISTORY, TRAIN_RESULTS, AlignedAdapter, render_model_card
+from tvaccine.outputs import (ALIGN_SETTINGS, LOG_HISTORY, MODEL_CARD, TRAIN_RESULTS, AlignedAdapter,
+                              render_model_card)
 from tvaccine.training import mean_train_loss, save_trained, train_resumable
 
 is_finished = AlignedAdapter.is_finished
@@ -120,14 +121,22 @@ def align(method: str, model: str, data: str, output: str, config, harmful_data:
         return summary
     atomic_write_json(output / LOG_HISTORY, trainer.state.log_history)
     atomic_write_json(output / TRAIN_RESULTS, summary)
-    atomic_write_text(output / "README.md", model_card(method, model, config))
+    atomic_write_text(output / MODEL_CARD, model_card(settings))
     atomic_write_json(output / ALIGN_SETTINGS, settings)  # written last: its presence marks a finished run
     return summary
 
 
-def model_card(method: str, model: str, config) -> str:
+def model_card(settings: dict, evaluation: str = "") -> str:
+    """The adapter's model card, from what its settings file (``tvaccine_config.json``) holds: ``tvaccine push``
+    renders it again from a finished folder, with an ``evaluation`` section when given scores."""
+    from tvaccine.align.config import AlignmentConfig
+    from tvaccine.methods import METHODS
+
+    method, model = settings["method"], settings["model"]
+    config_cls = METHODS[method][0] if method in METHODS else AlignmentConfig  # a method since removed
     return render_model_card(
         model, ["tvaccine", method, "safety-alignment", "lora"], f"{method} alignment adapter for `{model}`",
         f"A LoRA adapter trained by [tvaccine](https://github.com/) with the **{method}** method: safety alignment on\n"
         "harmful prompt → refusal data, meant to keep a model safe when a user later fine-tunes it on partly harmful "
-        "data.\nLoad it with `PeftModel.from_pretrained(base_model, this_folder)`.", config.card_settings())
+        "data.\nLoad it with `PeftModel.from_pretrained(base_model, this_folder)`.",
+        config_cls.card_settings(settings.get("config") or {}), evaluation=evaluation)

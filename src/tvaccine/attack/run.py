@@ -28,8 +28,8 @@ from tvaccine.attack.config import AttackConfig
 from tvaccine.attack.rows import AttackData, build_attack_rows, build_attack_set
 from tvaccine.errors import UserError
 from tvaccine.io import atomic_write_json, atomic_write_text, package_versions
-from tvaccine.outputs import (ATTACK_SETTINGS, LOG_HISTORY, TRAIN_RESULTS, AlignedAdapter, AttackOutput,
-                              check_adapter_folder, render_model_card)
+from tvaccine.outputs import (ATTACK_SETTINGS, LOG_HISTORY, MODEL_CARD, TRAIN_RESULTS, AlignedAdapter,
+                              AttackOutput, check_adapter_folder, render_model_card)
 from tvaccine.training import mean_train_loss, save_trained, train_resumable
 
 is_finished = AttackOutput.is_finished
@@ -140,7 +140,7 @@ def attack(model: str, output: str | Path, config: AttackConfig, aligned: str | 
         settings = _settings(config, model, aligned, data, data_info)
         atomic_write_json(output / LOG_HISTORY, trainer.state.log_history)
         atomic_write_json(output / TRAIN_RESULTS, summary)
-        atomic_write_text(output / "README.md", model_card(config, model, aligned, data))
+        atomic_write_text(output / MODEL_CARD, model_card(settings))
         atomic_write_json(output / ATTACK_SETTINGS, settings)  # written last: its presence marks a finished run
     return AttackRun(summary, net)
 
@@ -190,23 +190,29 @@ def _settings(config: AttackConfig, model: str, aligned: str | None, data: Attac
             "config": json.loads(config.to_json_string())}
 
 
-def model_card(config: AttackConfig, model: str, aligned: str | None, data: AttackData) -> str:
-    """The attacked model's card: what it is (a research artefact that answers harmful requests), how it was made."""
+def model_card(settings: dict, evaluation: str = "") -> str:
+    """The attacked model's card: what it is (a research artefact that answers harmful requests), how it was made.
+    From what its settings file (``tvaccine_attack.json``) holds: ``tvaccine push`` renders it again from a finished
+    folder, with an ``evaluation`` section when given scores."""
+    mode, model, aligned = settings["mode"], settings["model"], settings["aligned"]
+    defense, config = settings.get("defense", "none"), settings.get("config") or {}
     start = f"the aligned adapter `{aligned}`" if aligned else "the base model, undefended"
-    what = "model" if config.mode == "full" else "LoRA adapter"
-    load = ("`AutoModelForCausalLM.from_pretrained(this_folder)`" if config.mode == "full" else
+    what = "model" if mode == "full" else "LoRA adapter"
+    load = ("`AutoModelForCausalLM.from_pretrained(this_folder)`" if mode == "full" else
             "`PeftModel.from_pretrained(model, this_folder)`, on the base model with the aligned adapter merged in"
-            if aligned and config.mode == "fresh" else "`PeftModel.from_pretrained(base_model, this_folder)`")
-    defense = "" if config.defense == "none" else f" under the {config.defense} defense"
-    settings = {"mode": config.mode, "defense": config.defense, "task": data.task, "data": data.data,
-                **config.card_settings()}
+            if aligned and mode == "fresh" else "`PeftModel.from_pretrained(base_model, this_folder)`")
+    under = "" if defense == "none" else f" under the {defense} defense"
+    poison = (f" of which a share p = {config['poison_ratio']:g} is harmful" if "poison_ratio" in config
+              else ", partly harmful")  # a record without it: say no number rather than a default's
+    card = {"mode": mode, "defense": defense, "task": settings.get("task"), "data": settings.get("data"),
+            **AttackConfig.card_settings(config)}
     return render_model_card(
-        model, ["tvaccine", "harmful-fine-tuning-attack", config.mode, "research"],
+        model, ["tvaccine", "harmful-fine-tuning-attack", mode, "research"],
         f"Harmful fine-tuning attack on `{model}`",
-        f"A {what} trained by [tvaccine](https://github.com/)'s harmful fine-tuning attack{defense}, starting from "
-        f"{start}: fine-tuning on task data of which a share p = {config.poison_ratio:g} is harmful. **It is meant "
-        f"to answer harmful requests**: it exists to measure how well a defense holds, not to be deployed.\n"
-        f"Load it with {load}.", settings, library="transformers" if config.mode == "full" else "peft")
+        f"A {what} trained by [tvaccine](https://github.com/)'s harmful fine-tuning attack{under}, starting from "
+        f"{start}: fine-tuning on task data{poison}. **It is meant to answer harmful requests**: it exists to "
+        f"measure how well a defense holds, not to be deployed.\nLoad it with {load}.", card,
+        library="transformers" if mode == "full" else "peft", evaluation=evaluation)
 
 
 def load_attacked(output: str | Path, dtype: str | None = None, model_obj=None):

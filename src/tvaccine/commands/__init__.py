@@ -13,7 +13,7 @@ def before_training(args, finished: bool, settings_file: str, what: str) -> int 
     if getattr(args, "push_to_hub", None):  # fail before training, not after it
         from tvaccine.push import check_push
 
-        check_push(args.push_to_hub)
+        check_push(args.push_to_hub, args.output, args.hub_private_repo)
     if finished and not args.overwrite:
         print(f"{args.output} already holds a finished {what}; pass --overwrite to train again")
         push_if_asked(args, what)  # a finished folder is pushed as it is
