@@ -2,6 +2,7 @@
 uploaded once (tested up to the hub call, with huggingface_hub's two calls replaced), one clear line when the hub is
 out of reach, and the card's Evaluation section exactly as the results file has it, for that folder only."""
 
+import fnmatch
 import json
 import shutil
 from pathlib import Path
@@ -76,6 +77,10 @@ def test_the_attack_card_says_what_the_model_is(tiny_model_dir, tmp_path, hub):
     assert "Harmful fine-tuning attack" in card and "p = 0.2" in card and "meant to answer harmful requests" in card
     assert "| `mode` | `fresh` |" in card and "| `poison_ratio` | `0.2` |" in card
     assert [c[0] for c in hub] == ["create", "upload"]
+    # the attack's training rows (harmful answers, the user's task data) stay on this machine; their manifest goes
+    assert (out / "attack_set.jsonl").is_file() and "attack_set.jsonl" in hub[1][2]["ignore_patterns"]
+    assert (out / "attack_set.jsonl.manifest.json").is_file()
+    assert not any(fnmatch.fnmatch("attack_set.jsonl.manifest.json", p) for p in hub[1][2]["ignore_patterns"])
 
 
 def test_without_the_hub_nothing_trains_and_one_line_says_what_to_do(tiny_model_dir, align_files, tmp_path,
@@ -175,7 +180,7 @@ def test_push_uploads_the_folder_with_a_card_of_the_scores_exactly(evaluated, hu
     assert [c[0] for c in hub] == ["create", "upload"] and hub[0][2]["private"] is True
     upload = hub[1][2]
     assert upload["folder_path"] == str(out) and upload["ignore_patterns"] == ["checkpoints/*", "*.lock", "stage.json",
-                                                                               "_*"]
+                                                                               "_*", "attack_set.jsonl"]
     card = (out / "README.md").read_text()
     assert upload["card"] == card  # the folder's card is the one uploaded
     assert score_table(card) == expected  # every score of the file, exactly, and nothing else
@@ -263,6 +268,11 @@ def test_push_offline_is_one_line_and_writes_nothing(evaluated, monkeypatch, cap
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "tvaccine push: the Hugging Face hub is unreachable from this machine" in err[0]
     assert (out / "README.md").stat().st_mtime_ns == mtime
+    # a bad results file is named before the hub is asked: an offline user learns it now, not at upload time
+    bad = results_path.parent / "bad.json"
+    bad.write_text("{}")
+    assert main(["push", str(out), "me/tv", "--results", str(bad)]) == 2
+    assert "no evaluation scores in it" in capsys.readouterr().err
 
 
 def test_a_pipeline_runs_scores_go_on_its_alignment_and_its_attack(evaluated, tiny_model_dir, tmp_path, hub,

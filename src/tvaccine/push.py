@@ -32,12 +32,13 @@ from pathlib import Path
 
 from tvaccine.errors import UserError
 from tvaccine.evaluation.card import Evaluated, evaluation_section, has_scores
-from tvaccine.outputs import (ALIGN_SETTINGS, ATTACK_SETTINGS, EVAL_RESULTS, MODEL_CARD, AlignedAdapter, AttackOutput,
-                              check_adapter_folder, is_adapter_folder)
+from tvaccine.outputs import (ALIGN_SETTINGS, ATTACK_SET, ATTACK_SETTINGS, EVAL_RESULTS, MODEL_CARD, AlignedAdapter,
+                              AttackOutput, check_adapter_folder, is_adapter_folder)
 
 # Not uploaded: the Trainer's checkpoints (optimizer state, several GB for a 7B LoRA run), lock files, our
-# measurement record, and the Trainer's temporary files.
-IGNORED = ["checkpoints/*", "*.lock", "stage.json", "_*"]
+# measurement record, the Trainer's temporary files, and the attack's training rows: harmful answers and the
+# user's own task data do not belong in a public model repository (their manifest, with hashes and sources, stays).
+IGNORED = ["checkpoints/*", "*.lock", "stage.json", "_*", ATTACK_SET]
 
 
 def push_command(folder: str | Path, repo: str, results: str | Path | None = None, private: bool = False) -> str:
@@ -215,12 +216,12 @@ def _evaluation_of(stage, scores: dict, config: dict, folder: Path) -> tuple[str
     return "", scores, {}, config.get("eval") if isinstance(config.get("eval"), dict) else {}
 
 
-def write_card(folder: str | Path, results_path: str | Path | None = None) -> str:
-    """Render ``folder``'s model card again from its settings file, with an Evaluation section from the results
-    file if given, and write it into the folder; returns what the folder is ("alignment" or "attack")."""
+def render_card(folder: str | Path, results_path: str | Path | None = None) -> tuple[str, str]:
+    """``folder``'s model card rendered again from its settings file, with an Evaluation section from the results
+    file if given, and what the folder is ("alignment" or "attack"). Reads only: every local check fails here,
+    before the hub is asked anything."""
     from tvaccine.align.run import model_card as alignment_card
     from tvaccine.attack.run import model_card as attack_card
-    from tvaccine.io import atomic_write_text
 
     folder = Path(folder)
     stage = read_stage(folder)
@@ -234,8 +235,7 @@ def write_card(folder: str | Path, results_path: str | Path | None = None) -> st
     elif "\n## Evaluation\n" in _read_text(folder / MODEL_CARD):
         print(f"note: {folder / MODEL_CARD} had an Evaluation section; without --results the card has none")
     render = attack_card if isinstance(stage, AttackOutput) else alignment_card
-    atomic_write_text(folder / MODEL_CARD, render(stage.settings, section))
-    return "attack" if isinstance(stage, AttackOutput) else "alignment"
+    return render(stage.settings, section), "attack" if isinstance(stage, AttackOutput) else "alignment"
 
 
 def _read_text(path: Path) -> str:

@@ -5,13 +5,14 @@ from __future__ import annotations
 import argparse
 
 DESCRIPTION = """\
-Upload FOLDER, a finished `tvaccine align` or `tvaccine attack` output (without its checkpoints), to the hub
-model repository REPO. Its model card (README.md: method, settings, citation) is rendered again from the folder's
-settings file; with --results it gets an Evaluation section: per judge the harmful score with its 95% interval
-and n, over-refusal (benign, XSTest), degenerate answers, fine-tuning accuracy with the majority-label baseline
-and the knowledge score, as the file has them (a score it lacks is left out), with the judges' notes and the
-evaluation's settings. The card is written into FOLDER as well, so the folder and the hub's copy agree. The
-repository id, the hub's reachability and a token are checked first."""
+Upload FOLDER, a finished `tvaccine align` or `tvaccine attack` output (without its checkpoints or an attack's
+training rows), to the hub model repository REPO. Its model card (README.md: method, settings, citation) is
+rendered again from the folder's settings file; with --results it gets an Evaluation section: per judge the harmful
+score with its 95% interval and n, over-refusal (benign, XSTest), degenerate answers, fine-tuning accuracy with the
+majority-label baseline and the knowledge score, as the file has them (a score it lacks is left out), with the
+judges' notes and the evaluation's settings. The card is written into FOLDER as well, so the folder and the hub's
+copy agree. The folder and the results are checked first, then the repository id, the hub's reachability and a
+token; nothing is written before all of them pass."""
 
 EXAMPLE = """\
 example:
@@ -39,12 +40,17 @@ def register(sub) -> None:
 
 
 def run(args: argparse.Namespace, extra: list[str]) -> int:
-    from tvaccine.push import check_push, push_folder, write_card
+    from pathlib import Path
 
+    from tvaccine.io import atomic_write_text
+    from tvaccine.outputs import MODEL_CARD
+    from tvaccine.push import check_push, push_folder, render_card
+
+    card, what = render_card(args.folder, args.results)  # a bad folder or results file fails first, even offline
     # The results file names the folder by its path: a copy pushed from elsewhere needs the same layout.
     check_push(args.repo, flag="tvaccine push", offline="push from a machine that reaches it, with the folder and "
                                                         "the results file at the same paths")
-    what = write_card(args.folder, args.results)
+    atomic_write_text(Path(args.folder) / MODEL_CARD, card)
     url = push_folder(args.folder, args.repo, args.private, what, args.results)
     print(f"pushed {args.folder} to {url}")
     return 0

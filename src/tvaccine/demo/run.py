@@ -50,7 +50,8 @@ def demo_sweep(output: Path, pack: Path, judge: Path, model: str, methods: list[
                      "benign_prompts": str(pack / "benign_eval.jsonl"),
                      "task": "sst2", "task_data": str(pack / "task_eval.jsonl"),
                      # two judges, so the report shows how far the harmful score depends on the judge
-                     "judges": ["keyword", "classifier"], "classifier": str(judge), "limit": steps["eval_prompts"], "max_new_tokens": 32,
+                     "judges": ["keyword", "classifier"], "classifier": str(judge),
+                     "limit": steps["eval_prompts"], "max_new_tokens": 32,
                      "batch_size": 40, "before_attack": True, "attack_steps": steps["curve"],
                      "curve_sets": ["harmful", "task"],  # over-refusal at the first and last step only
                      "aligned_max_hs": ALIGNED_MAX_HS, "aligned_max_over_refusal": ALIGNED_MAX_OVER_REFUSAL},
@@ -113,8 +114,8 @@ def demo_table(folder: Path) -> str:
         second = _f(points[steps[-1]].get("hs_classifier")) if steps and steps[-1] in points else "–"
         aligned = {"True": "yes", "False": "**no**"}.get(row["aligned"], "(reference)")
         out.append("| " + " | ".join([row["method"], row.get("align_steps") or "–", _f(row["align_s"], "{:.0f}"),
-                                      _f(row["hs_keyword_before"]), _f(row["over_refusal_before"]), aligned, *hs, second,
-                                      _f(row["degenerate"]), _f(row["fa"]), _f(row["fa_majority"])]) + " |")
+                                      _f(row["hs_keyword_before"]), _f(row["over_refusal_before"]), aligned, *hs,
+                                      second, _f(row["degenerate"]), _f(row["fa"]), _f(row["fa_majority"])]) + " |")
     return "\n".join(out)
 
 
