@@ -9,7 +9,7 @@ def register(sub) -> None:
                                    "refusals, base-model answers, a generated sentiment task), then compares no "
                                    "defense, SFT and T-Vaccine through alignment and a harmful fine-tuning attack, "
                                    "judged by refusal phrases and by a classifier trained on the pack. "
-                                   "About 15 minutes on 2 CPU cores; rerunning resumes and skips what is done.")
+                                   "About 12 to 17 minutes on 2 CPU cores; rerunning resumes and skips what is done.")
     p.add_argument("--output", default="runs/demo", help="output folder (default runs/demo)")
     p.add_argument("--model", default="smollm2-135m", help="model (default: the embedded SmolLM2-135M)")
     p.add_argument("--data-dir", help="a folder with the pack's files in data-layer formats, instead of the "
