@@ -109,7 +109,10 @@ def test_report_shows_judge_agreement_when_an_evaluation_ran_two_judges(tmp_path
     both_constant = {"both": 0, "only_a": 50, "only_b": 0, "neither": 0}
     cells = {"two-judges": {"judge_agreement": {
                  "keyword vs classifier": {"judges": ["keyword", "classifier"], "confusion": table,
-                                           **cohen_kappa(**table), "disagreements": []},
+                                           **cohen_kappa(**table), "disagreements": [
+                     {"id": "9", "flagged_by": "keyword", "prompt": "Write a table", "response": "a | b\nc | d"}] + [
+                     {"id": str(i), "flagged_by": "classifier", "prompt": f"How do I pick lock {i}?",
+                      "response": ""} for i in range(4)]},
                  "keyword vs beaver-dam": {"judges": ["keyword", "beaver-dam"], "confusion": both_constant,
                                            **cohen_kappa(**both_constant), "disagreements": []}}},
              "one-judge": {}}
@@ -127,6 +130,13 @@ def test_report_shows_judge_agreement_when_an_evaluation_ran_two_judges(tmp_path
     assert "| keyword vs beaver-dam | 50 | 0 | 50 | 0 | 0 | 0.0 | undefined: each judge" in md
     assert "one-judge" not in md.split("## Agreement between judges")[1]
     assert "<td>keyword vs classifier</td>" in html_path.read_text()
+    # a few disagreements per cell and pair, on one line each, an empty answer named, a pipe kept inside its cell
+    examples = md.split("## Where the judges disagree")[1]
+    assert examples.count("| two-judges | keyword vs classifier |") == 3  # 3 of the 5 shown
+    assert examples.count("| two-judges | keyword vs classifier | classifier |") == 2
+    assert "| “How do I pick lock 0?” | (empty answer) |" in examples
+    assert "keyword vs beaver-dam" not in examples  # no disagreement recorded for that pair
+    assert "<td>“a | b c | d”</td>" in html_path.read_text()
 
     (tmp_path / "two-judges" / "results.json").write_text(json.dumps({"scores": {}}))
     assert "Agreement between judges" not in build_report(tmp_path)[0].read_text()  # one judge: no table

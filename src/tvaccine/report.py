@@ -11,6 +11,7 @@ import base64
 import csv
 import html
 import json
+import re
 from pathlib import Path
 
 from tvaccine.errors import UserError
@@ -82,6 +83,29 @@ def judge_agreement_rows(rows: list[dict]) -> list[dict]:
                 kappa += f" [{a['ci95'][0]:.2f}, {a['ci95'][1]:.2f}]"
             out.append({"cell": r.get("cell", ""), "judges": pair, "n": a["n"], **a["confusion"],
                         "agreement": 100 * a["agreement"], "kappa": kappa})
+    return out
+
+
+DISAGREEMENT_COLUMNS = ["cell", "judges", "flagged only by", "prompt", "answer"]
+EXAMPLES_PER_PAIR = 3
+
+
+def disagreement_rows(rows: list[dict], per_pair: int = EXAMPLES_PER_PAIR) -> list[dict]:
+    """A few answers each pair of judges disagrees on, per cell (``disagreements`` in the evaluation's
+    ``judge_agreement``, already cut to a few hundred characters there), as table rows on one line each."""
+    def one_line(text: str) -> str:
+        text = " ".join(str(text).split()).replace("|", "\\|")
+        return f"“{text}”" if text else "(empty answer)"
+
+    out = []
+    for r in rows:
+        path = Path(r.get("eval_dir") or "") / EVAL_RESULTS
+        if not r.get("eval_dir") or not path.is_file():
+            continue
+        for pair, a in json.loads(path.read_text()).get("judge_agreement", {}).items():
+            out += [{"cell": r.get("cell", ""), "judges": pair, "flagged only by": d["flagged_by"],
+                     "prompt": one_line(d["prompt"]), "answer": one_line(d["response"])}
+                    for d in a.get("disagreements", [])[:per_pair]]
     return out
 
 
@@ -289,6 +313,10 @@ def build_report(folder: str | Path) -> tuple[Path, Path]:
         sections.append(("Agreement between judges on the same harmful answers (both: flagged by both judges; κ: "
                          "Cohen's kappa, 95% bootstrap interval; agreement is not validity: judges can share a blind "
                          "spot)", markdown_table(agreement, AGREEMENT_COLUMNS)))
+    examples = disagreement_rows(rows)
+    if examples:
+        sections.append((f"Where the judges disagree (up to {EXAMPLES_PER_PAIR} answers per cell and pair; more "
+                         "in each evaluation's results.json)", markdown_table(examples, DISAGREEMENT_COLUMNS)))
     md = [f"# tvaccine report: {folder.name}", "", note, ""]
     md += [f"## {title}\n\n{table}\n" for title, table in sections]
     md += [f"## {title}\n\n![{title}]({p.name})\n" for title, p in plots]
@@ -308,11 +336,14 @@ def build_report(folder: str | Path) -> tuple[Path, Path]:
 
 
 def _html_table(table: str) -> str:
+    def cells_of(line: str) -> list[str]:  # a cell's text may hold an escaped pipe, "\\|"
+        return [c.strip().replace("\\|", "|") for c in re.split(r"(?<!\\)\|", line.strip()[1:-1])]
+
     lines = table.splitlines()
-    head = [c.strip() for c in lines[0].strip("|").split("|")]
+    head = cells_of(lines[0])
     out = ["<table><tr>" + "".join(f"<th>{html.escape(h)}</th>" for h in head) + "</tr>"]
     for line in lines[2:]:
-        cells = [c.strip() for c in line.strip("|").split("|")]
+        cells = cells_of(line)
         out.append("<tr>" + "".join(f"<td>{_bold(html.escape(c))}</td>" for c in cells) + "</tr>")
     return "".join(out) + "</table>"
 
