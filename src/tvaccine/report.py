@@ -73,17 +73,22 @@ def judge_agreement_rows(rows: list[dict]) -> list[dict]:
     """One row per cell and pair of judges, from the ``judge_agreement`` of each cell's evaluation results (present
     when the evaluation ran two or more judges): the 2×2 counts, raw agreement (%) and Cohen's κ with its interval."""
     out = []
+    for cell, pair, a in _agreements(rows):
+        kappa = a["note"] if a["kappa"] is None else f"{a['kappa']:.2f}"  # the note says why it is undefined
+        if a["kappa"] is not None and None not in a["ci95"]:
+            kappa += f" [{a['ci95'][0]:.2f}, {a['ci95'][1]:.2f}]"
+        out.append({"cell": cell, "judges": pair, "n": a["n"], **a["confusion"], "agreement": 100 * a["agreement"],
+                    "kappa": kappa})
+    return out
+
+
+def _agreements(rows: list[dict]):
+    """(cell, pair of judges, its ``judge_agreement`` entry) from each row's evaluation results, where recorded."""
     for r in rows:
         path = Path(r.get("eval_dir") or "") / EVAL_RESULTS
-        if not r.get("eval_dir") or not path.is_file():
-            continue
-        for pair, a in json.loads(path.read_text()).get("judge_agreement", {}).items():
-            kappa = a["note"] if a["kappa"] is None else f"{a['kappa']:.2f}"  # the note says why it is undefined
-            if a["kappa"] is not None and None not in a["ci95"]:
-                kappa += f" [{a['ci95'][0]:.2f}, {a['ci95'][1]:.2f}]"
-            out.append({"cell": r.get("cell", ""), "judges": pair, "n": a["n"], **a["confusion"],
-                        "agreement": 100 * a["agreement"], "kappa": kappa})
-    return out
+        if r.get("eval_dir") and path.is_file():
+            for pair, a in json.loads(path.read_text()).get("judge_agreement", {}).items():
+                yield r.get("cell", ""), pair, a
 
 
 DISAGREEMENT_COLUMNS = ["cell", "judges", "flagged only by", "prompt", "answer"]
@@ -97,16 +102,9 @@ def disagreement_rows(rows: list[dict], per_pair: int = EXAMPLES_PER_PAIR) -> li
         text = " ".join(str(text).split()).replace("|", "\\|")
         return f"“{text}”" if text else "(empty answer)"
 
-    out = []
-    for r in rows:
-        path = Path(r.get("eval_dir") or "") / EVAL_RESULTS
-        if not r.get("eval_dir") or not path.is_file():
-            continue
-        for pair, a in json.loads(path.read_text()).get("judge_agreement", {}).items():
-            out += [{"cell": r.get("cell", ""), "judges": pair, "flagged only by": d["flagged_by"],
-                     "prompt": one_line(d["prompt"]), "answer": one_line(d["response"])}
-                    for d in a.get("disagreements", [])[:per_pair]]
-    return out
+    return [{"cell": cell, "judges": pair, "flagged only by": d["flagged_by"], "prompt": one_line(d["prompt"]),
+             "answer": one_line(d["response"])}
+            for cell, pair, a in _agreements(rows) for d in a.get("disagreements", [])[:per_pair]]
 
 
 def _variant(row: dict) -> str:
