@@ -360,6 +360,9 @@ def test_rubric_prompt_through_the_chat_template(rubric_dirs):
     assert judge.answer_tokens is None and judge.truncate_tokens is None and judge.generate_tokens == 1000
     long = "word " * 3000  # not truncated: the rubric evaluator reads the whole answer
     assert _rubric_user(PROMPT, long) in judge.texts([PROMPT], [long])[0]
+    judge.tokenizer.apply_chat_template = lambda chat, **kw: "a template that drops the conversation"
+    with pytest.raises(UserError, match="does not place the rubric prompt"):
+        judge.texts([PROMPT], [ANSWER])
 
 
 @pytest.mark.parametrize("kind", ["no-system", "drops-system"])
