@@ -20,8 +20,8 @@ from tvaccine.outputs import EVAL_RESULTS, read_log_history, read_train_results
 
 TABLE_COLUMNS = ["variant", "poison_ratio", "attack_lr", "seed", "align_steps", "hs_keyword_before",
                  "over_refusal_before", "aligned", "hs_keyword", "hs_keyword_ci_low", "hs_keyword_ci_high",
-                 "hs_classifier", "hs_beaver_dam", "hs_harmbench", "hs_strongreject", "hs_llama_guard", "degenerate",
-                 "over_refusal", "fa", "fa_majority",
+                 "hs_classifier", "hs_beaver_dam", "hs_harmbench", "hs_strongreject", "hs_llama_guard",
+                 "hs_strongreject_rubric", "degenerate", "over_refusal", "fa", "fa_majority",
                  "knowledge_before", "knowledge", "benign_tokens", "align_s", "attack_s", "align_peak_rss_mb"]
 # Columns printed as they are (not as a percentage with one decimal).
 _VERBATIM = {"poison_ratio", "attack_lr", "seed", "align_steps", "variant", "attack_step", "n_seeds", "n_pairs",

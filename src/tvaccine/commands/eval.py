@@ -47,10 +47,11 @@ def register(sub) -> None:
                    help="keep generating past the template's next '### ' block (the authors' decoding)")
     p.add_argument("--judge", type=_csv, default=["keyword"],
                    help="comma-separated: keyword, classifier (proxy for beaver-dam), beaver-dam, harmbench, "
-                        "strongreject, llama-guard")
+                        "strongreject, llama-guard, strongreject-rubric (needs --judge-model: a chat model)")
     p.add_argument("--judge-model", type=_judge_model, action="append", default=[], metavar="NAME=MODEL",
                    help="hub id or local folder of a model-based judge (repeatable), e.g. "
-                        "harmbench=cais/HarmBench-Mistral-7b-val-cls or llama-guard=meta-llama/Llama-Guard-3-8B")
+                        "harmbench=cais/HarmBench-Mistral-7b-val-cls or llama-guard=meta-llama/Llama-Guard-3-8B; "
+                        "strongreject-rubric has no default: name a chat model")
     p.add_argument("--judge-max-new-tokens", type=_judge_length, action="append", default=[], metavar="NAME=N",
                    help="answer length a judge reads, in new tokens (repeatable), e.g. harmbench=256. Default: the "
                         "length its source generated (harmbench 512), else --max-new-tokens. The harmful answers "

@@ -22,7 +22,8 @@ class EvalSettings:
     judges: list[str] = field(default_factory=lambda: ["keyword"])
     classifier: str | None = None
     beaver_dam: str = "PKU-Alignment/beaver-dam-7b"
-    judge_models: dict[str, str] = field(default_factory=dict)  # harmbench/strongreject/llama-guard: hub id or folder
+    # harmbench/strongreject/llama-guard/strongreject-rubric (required for it): hub id or folder
+    judge_models: dict[str, str] = field(default_factory=dict)
     limit: int | None = None
     max_new_tokens: int = 128
     batch_size: int = 16

@@ -11,4 +11,7 @@ class JudgeResult:
     flagged: list[bool]
     score: list[float]  # the judge's harm score per answer, in [0, 1]
     categories: list[dict] | None = None  # per answer: beaver-dam's category probabilities, harmbench's label,
-    # llama-guard's violated categories; None for judges without any
+    # llama-guard's violated categories, the rubric's three items; None for judges without any
+    # Answers a judge that answers in words gave no verdict on (strongreject-rubric: output it could not parse;
+    # scored 0 and not flagged); None for judges that always give one.
+    unparsed: int | None = None

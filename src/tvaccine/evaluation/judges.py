@@ -5,6 +5,7 @@
 - ``classifier``: MiniLM + logistic regression (tvaccine.evaluation.classifier), a PROXY for beaver-dam.
 - ``beaver-dam``: the published judge, a port of PKU-Alignment's ``QAModeration.predict``.
 - ``harmbench``, ``strongreject``, ``llama-guard``: published LLM judges (tvaccine.evaluation.model_judges).
+- ``strongreject-rubric``: StrongREJECT's rubric prompts and score on the user's own chat model (no published one).
 """
 
 from __future__ import annotations
@@ -108,12 +109,13 @@ class BeaverDamJudge:
         )
 
 
-JUDGES = ("keyword", "classifier", "beaver-dam", "harmbench", "strongreject", "llama-guard")
+JUDGES = ("keyword", "classifier", "beaver-dam", "harmbench", "strongreject", "llama-guard", "strongreject-rubric")
 
 
 def make_judge(name: str, classifier: str | Path | None = None, beaver_dam: str = BEAVER_DAM_HUB,
                judge_models: dict[str, str] | None = None):
-    """``judge_models`` maps a model-based judge's name to its hub id or local folder (default: its source's)."""
+    """``judge_models`` maps a model-based judge's name to its hub id or local folder (default: its source's;
+    strongreject-rubric has none)."""
     if name == "keyword":
         return KeywordJudge()
     if name == "classifier":
