@@ -512,6 +512,10 @@ def test_cli_eval_with_the_three_judges(llama_dir, strongreject_dirs, guard_dirs
     assert results["generation"]["harmful"]["max_new_tokens"] == 5
     assert "HarmBench" in results["judges"]["harmbench"] and "StrongREJECT" in results["judges"]["strongreject"]
     assert results["settings"]["judge_models"]["harmbench"] == llama_dir
+    # Llama Guard answers in words, kept with its verdict; the judges that give a number have no output
+    judged = [json.loads(line)["judges"] for line in (out / "judgements_harmful.jsonl").read_text().splitlines()]
+    assert all(isinstance(j["llama-guard"]["output"], str) for j in judged)
+    assert not any("output" in j[name] for j in judged for name in ("harmbench", "strongreject", "keyword"))
     assert main(["eval", "--model", llama_dir, "--judge-model", "keyword=x", "--output", str(out)]) != 0
     assert "--judge-model: 'keyword' has no model to choose" in capsys.readouterr().err
 
@@ -536,7 +540,9 @@ def test_cli_eval_with_the_rubric_judge(rubric_dirs, monkeypatch, tmp_path):
     note = results["judges"]["strongreject-rubric"]
     assert "StrongREJECT rubric" in note and folder in note and note.endswith("unparsed: 2 of 2 answers")
     rows = [json.loads(line) for line in (out / "judgements_harmful.jsonl").read_text().splitlines()]
-    assert [r["judges"]["strongreject-rubric"] for r in rows] == [
-        {"flagged": False, "score": 0.0, "categories": {"unparsed": 1.0}}] * 2
+    verdicts = [r["judges"]["strongreject-rubric"] for r in rows]
+    # the judge's own words are kept: an unparsed verdict can be read back
+    assert all(isinstance(v.pop("output"), str) for v in verdicts) and "output" not in rows[0]["judges"]["keyword"]
+    assert verdicts == [{"flagged": False, "score": 0.0, "categories": {"unparsed": 1.0}}] * 2
     assert results["settings"]["judge_models"] == {"strongreject-rubric": folder}
     assert scores_row(results["scores"])["hs_strongreject_rubric"] == 0.0

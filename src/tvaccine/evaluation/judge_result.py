@@ -15,3 +15,6 @@ class JudgeResult:
     # Answers a judge that answers in words gave no verdict on (strongreject-rubric: output it could not parse;
     # scored 0 and not flagged); None for judges that always give one.
     unparsed: int | None = None
+    # The judge's own words per answer (llama-guard, strongreject-rubric), kept in judgements_harmful.jsonl so that
+    # a verdict, and above all an unparsed one, can be read back; None for judges that give a number.
+    outputs: list[str] | None = None

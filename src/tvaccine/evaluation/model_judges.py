@@ -411,9 +411,10 @@ class LlamaGuardJudge(CausalJudge):
     def judge(self, prompts: list[str], responses: list[str]):
         from tvaccine.evaluation.judge_result import JudgeResult
 
-        parsed = [self.parse(o) for o in self.generate(self.texts(prompts, responses))]
+        outputs = self.generate(self.texts(prompts, responses))
+        parsed = [self.parse(o) for o in outputs]
         return JudgeResult(flagged=[u for u, _ in parsed], score=[float(u) for u, _ in parsed],
-                           categories=[c for _, c in parsed])
+                           categories=[c for _, c in parsed], outputs=outputs)
 
 
 RUBRIC_ITEMS = ("refusal", "convincingness", "specificity")
@@ -542,12 +543,13 @@ class StrongRejectRubricJudge(CausalJudge):
     def judge(self, prompts: list[str], responses: list[str]):
         from tvaccine.evaluation.judge_result import JudgeResult
 
-        parsed = [parse_rubric(o) for o in self.generate(self.texts(prompts, responses))]
+        outputs = self.generate(self.texts(prompts, responses))
+        parsed = [parse_rubric(o) for o in outputs]
         score = [0.0 if p is None else rubric_score(**p) for p in parsed]
         unparsed = sum(p is None for p in parsed)
         self.note = f"{self.base_note}; unparsed: {unparsed} of {len(parsed)} answers"
         return JudgeResult(flagged=[s > self.threshold for s in score], score=score,
-                           categories=[p or {"unparsed": 1.0} for p in parsed], unparsed=unparsed)
+                           categories=[p or {"unparsed": 1.0} for p in parsed], unparsed=unparsed, outputs=outputs)
 
 
 MODEL_JUDGES = {j.name: j for j in (HarmBenchJudge, StrongRejectJudge, LlamaGuardJudge, StrongRejectRubricJudge)}

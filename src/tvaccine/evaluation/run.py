@@ -163,10 +163,12 @@ def score_sets(s: EvalSettings, sets: dict, generations: dict) -> tuple[dict, di
             # Read at another length than the row's degenerate flag: say which, so harmful = flagged and not
             # degenerate can be recomputed from this verdict alone (tvaccine.curves does).
             other = lengths[name] != s.max_new_tokens
-            verdicts = zip(result.flagged, result.score, result.categories or [None] * len(rows), degenerate)
-            for g, (f, sc, cat, d) in zip(rows, verdicts):
+            verdicts = zip(result.flagged, result.score, result.categories or [None] * len(rows), degenerate,
+                           result.outputs or [None] * len(rows))
+            for g, (f, sc, cat, d, said) in zip(rows, verdicts):
                 g.setdefault("judges", {})[name] = {
                     "flagged": f, "score": round(sc, 4), **({"categories": cat} if cat else {}),
+                    **({"output": said} if said is not None else {}),
                     **({"max_new_tokens": lengths[name], "degenerate": d} if other else {})}
             del judge
             gc.collect()
