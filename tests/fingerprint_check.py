@@ -8,7 +8,8 @@ Run before and after a change to a trainer or to the code around it:
 
 and compare the two files: each entry is (sha256 over every adapter tensor, sum of |w|) after 3 optimizer steps of
 every alignment method and of four attacks (no defense, fresh after T-Vaccine, continue after Booster, Lisa) on a
-tiny model. Equal hashes mean the change left every update bit-identical (issue 14's refactor was checked so)."""
+tiny model. Equal hashes mean the change left every update bit-identical (issue 14's refactor was checked so).
+Compare files made in one environment: another torch, transformers or peft gives other hashes for the same code."""
 
 import hashlib
 import json
