@@ -16,16 +16,26 @@ from pathlib import Path
 
 SPLIT_SEED = 1
 TRAIN_FILES = {"harmful": ("probe.jsonl", "attack_harmful.jsonl"), "safe": ("alignment.jsonl",)}
+EXCLUDED = "eval_harmful.jsonl"  # the evaluation's prompts: never trained on
 
 
 def pack_judge(pack: Path, folder: Path, echo=print) -> Path:
-    """Train the classifier on ``pack`` into ``folder`` once (kept when its settings file exists); returns it."""
+    """Train the classifier on ``pack`` into ``folder``, unless it was trained there on these very files (a demo
+    rerun keeps it; another ``--data-dir`` into the same output retrains it); returns ``folder``."""
+    import json
+
+    from tvaccine.data.files import file_sha256
     from tvaccine.data.sources import load_source
     from tvaccine.evaluation.classifier import CONFIG, build_rows, train_classifier
     from tvaccine.evaluation.prompts import read_prompts
 
-    if (folder / CONFIG).is_file():
-        return folder
+    names = [*TRAIN_FILES["harmful"], *TRAIN_FILES["safe"], EXCLUDED]
+    digests = {name: file_sha256(pack / name) for name in names}
+    try:
+        if json.loads((folder / CONFIG).read_text(encoding="utf-8"))["data"]["sha256"] == digests:
+            return folder
+    except (OSError, ValueError, KeyError, TypeError):
+        pass  # none yet, or one of an earlier version: train
 
     def rows(name: str, view: str) -> list[dict]:
         return [{"prompt": r["instruction"] + ("\n" + r["input"] if r["input"] else ""), "response": r["output"]}
@@ -33,10 +43,10 @@ def pack_judge(pack: Path, folder: Path, echo=print) -> Path:
 
     harmful = [{**r, "is_safe": False} for name in TRAIN_FILES["harmful"] for r in rows(name, "harmful")]
     safe = [r for name in TRAIN_FILES["safe"] for r in rows(name, "auto")]
-    exclude = {p["instruction"].strip() for p in read_prompts(str(pack / "eval_harmful.jsonl"))}
+    exclude = {p["instruction"].strip() for p in read_prompts(str(pack / EXCLUDED))}
     labelled = build_rows(harmful, safe, exclude, add_refusals=True, seed=SPLIT_SEED)
     sources = {"pack": str(pack), "harmful": list(TRAIN_FILES["harmful"]), "safe": list(TRAIN_FILES["safe"]),
-               "refusals_added": True, "rows": len(labelled),
+               "excluded_prompts": EXCLUDED, "sha256": digests, "refusals_added": True, "rows": len(labelled),
                "labels": "by construction: base-model answers to harmful prompts = harmful; refusals and benign "
                          "answers = safe"}
     # Seed 1: the pack split its prompts by the same seeded hash with seed 0, so with seed 0 every probe and attack
