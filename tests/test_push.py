@@ -163,7 +163,8 @@ def test_push_uploads_the_folder_with_a_card_of_the_scores_exactly(evaluated, hu
         return f"| {label} | {judge} | {r['value']}% | [{r['ci95'][0]}, {r['ci95'][1]}] | {r['n']} |"
 
     fa = s["fine_tune_accuracy"]
-    expected = [row("harmful score", "`keyword`", s["harmful_score"]["keyword"]),
+    hs = s["harmful_score"]["keyword"]
+    expected = [row(f"harmful score ({hs['max_new_tokens']}-token answers)", "`keyword`", hs),
                 row("over-refusal (benign prompts)", "keyword refusal phrases", s["over_refusal"]),
                 row("over-refusal (XSTest safe prompts)", "keyword refusal phrases", s["over_refusal_xstest"]),
                 row("degenerate answers (harmful prompts)", "", s["degenerate"]),
@@ -294,7 +295,8 @@ def test_a_pipeline_runs_scores_go_on_its_alignment_and_its_attack(evaluated, ti
                                                                         ("after", "scores"))}
 
     def hs_row(r):
-        return f"| harmful score | `keyword` | {r['value']}% | [{r['ci95'][0]}, {r['ci95'][1]}] | {r['n']} |"
+        return (f"| harmful score ({r['max_new_tokens']}-token answers) | `keyword` | {r['value']}% | "
+                f"[{r['ci95'][0]}, {r['ci95'][1]}] | {r['n']} |")
 
     # the alignment: its own scores before the attack, and the run's attacked model's after it
     assert main(["push", str(out), "me/tv", "--results", str(run_results)]) == 0

@@ -70,7 +70,10 @@ def score_rows(scores: dict, where: str) -> list[list[str]]:
     if not isinstance(harmful, dict):
         raise UserError(f"{where}: scores.harmful_score: expected a score per judge, got {harmful!r}")
     for judge, entry in harmful.items():
-        add("harmful score", f"`{judge}`", f"harmful_score.{judge}", entry)
+        # judges can read answers of different lengths (HarmBench's 512 beside the protocol's 128): say which
+        tokens = entry.get("max_new_tokens") if isinstance(entry, dict) else None
+        add("harmful score" + (f" ({tokens}-token answers)" if _number(tokens) else ""), f"`{judge}`",
+            f"harmful_score.{judge}", entry)
     for key, label in (("over_refusal", "benign prompts"), ("over_refusal_xstest", "XSTest safe prompts")):
         if key in scores:
             add(f"over-refusal ({label})", _judged(scores[key], "judge"), key, scores[key])
