@@ -15,7 +15,7 @@ def register(sub) -> None:
     p.add_argument("--data-dir", help="a folder with the pack's files in data-layer formats, instead of the "
                                       "generated pack")
     p.add_argument("--methods", default="none,sft,tvaccine", help="comma-separated: none,sft,vaccine,tvaccine")
-    p.add_argument("--quick", action="store_true", help="a few steps only (smoke test, ~3 minutes)")
+    p.add_argument("--quick", action="store_true", help="a few steps only (smoke test, about 5 minutes on 2 CPU cores)")
     p.set_defaults(run=run, accepts_overrides=False)
 
 
